@@ -1,0 +1,32 @@
+"""Benchmarks: `python main.py bench [NAME ...] [--json]`.
+
+Each module named in BENCHES has `run(quick: bool) -> Iterable[Figure]`. A figure is measured by
+the code that yields it, never written by hand; with --json each is one line: name, value, unit,
+the goal, and the anchor it is compared with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# name -> (module, what it measures)
+BENCHES: dict[str, tuple[str, str]] = {
+    "rig": ("bench.rig", "teleop cycles/s on emulated Dynamixel buses, control-loop period "
+            "error, sim real-time factor"),
+}
+
+
+@dataclass
+class Figure:
+    bench: str
+    name: str
+    value: float | None
+    unit: str
+    goal: str = ""
+    anchor: str = ""
+    met: bool | None = None  # whether the goal is met, where a goal is a threshold
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
