@@ -1,0 +1,176 @@
+"""RigSession: owns a connected rig and its control thread. Qt-free; the GUI and the headless
+commands both drive it.
+
+The control thread runs at the rig's control rate on absolute deadlines (drivers.clock.Ticker):
+read -> teleop (mapping + safety) -> command. Step listeners (the recorder, live plots) receive
+every step from the control thread and must return quickly. Any exception in the loop holds the
+followers and drops torque, then the loop ends with the error kept for the UI.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from drivers.clock import Ticker, now
+from drivers.config import RigConfig
+from drivers.rig import Frame, Rig, RigState, open_rig
+from drivers.stats import RollingStats
+from drivers.teleop import Teleop, TeleopState, TeleopStep
+
+
+@dataclass
+class StepRecord:
+    """One control step as seen by listeners."""
+
+    k: int
+    t: float
+    state: RigState
+    command: np.ndarray | None  # None when the followers were holding
+
+
+@dataclass
+class SessionStatus:
+    running: bool
+    teleop: str
+    stop_reason: str
+    estopped: bool
+    error: str
+    steps: int
+    rate_hz: float
+    period_error_ms: dict = field(default_factory=dict)
+    missed_ticks: int = 0
+    camera_fps: dict = field(default_factory=dict)
+
+
+class RigSession:
+    def __init__(self, config: RigConfig, rig: Rig | None = None):
+        self.config = config
+        self.rig = rig if rig is not None else open_rig(config)
+        self.teleop: Teleop | None = None
+        self.period_error = RollingStats(1024)
+        self._listeners: list[Callable[[StepRecord], None]] = []
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._latest: StepRecord | None = None
+        self._steps = 0
+        self._error = ""
+        self._missed = 0
+        self._t_start = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self.rig.connect()
+        try:
+            self.teleop = Teleop(self.rig)
+        except Exception:
+            self.rig.disconnect()
+            raise
+        self._stop.clear()
+        self._t_start = now()
+        self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the control thread and disconnect (followers torque off). Idempotent."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        self.rig.disconnect()
+
+    def __enter__(self) -> "RigSession":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- operator actions (any thread) -----------------------------------------------------
+    def engage(self) -> None:
+        assert self.teleop is not None, "start() the session first"
+        with self._lock:
+            self.teleop.engage()
+
+    def disengage(self) -> None:
+        if self.teleop is not None:
+            with self._lock:
+                self.teleop.disengage()
+
+    def estop(self) -> None:
+        """E-stop: effective at once from the calling thread (no wait for the loop)."""
+        self.rig.estop()
+        if self.teleop is not None:
+            self.teleop.stop("e-stop pressed: release it, then engage again")
+
+    def release_estop(self) -> None:
+        self.rig.clear_estop()
+        if self.teleop is not None and self.teleop.state is TeleopState.STOPPED:
+            self.teleop.reset()
+
+    def add_listener(self, fn: Callable[[StepRecord], None]) -> None:
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[StepRecord], None]) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    # -- views -----------------------------------------------------------------------------
+    def latest(self) -> StepRecord | None:
+        return self._latest
+
+    def frames(self) -> dict[str, Frame]:
+        out = {}
+        for name, cam in self.rig.cameras.items():
+            try:
+                out[name] = cam.latest()
+            except Exception:
+                continue
+        return out
+
+    def status(self) -> SessionStatus:
+        elapsed = max(now() - self._t_start, 1e-9)
+        t = self.teleop
+        return SessionStatus(
+            running=self._thread is not None and self._thread.is_alive(),
+            teleop=t.state.value if t else "idle",
+            stop_reason=t.stop_reason if t else "",
+            estopped=self.rig.estopped,
+            error=self._error,
+            steps=self._steps,
+            rate_hz=self._steps / elapsed if self._steps else 0.0,
+            period_error_ms=self.period_error.summary(1e3),
+            missed_ticks=self._missed,
+            camera_fps={n: c.measured_fps for n, c in self.rig.cameras.items()},
+        )
+
+    # -- the control thread ----------------------------------------------------------------
+    def _loop(self) -> None:
+        ticker = Ticker(self.config.control_hz)
+        k = 0
+        try:
+            while not self._stop.is_set():
+                late = ticker.wait()
+                self.period_error.add(late)
+                st = self.rig.read()
+                with self._lock:
+                    step: TeleopStep | None = self.teleop.step(st) if self.teleop else None
+                rec = StepRecord(k, st.t, st, None if step is None else step.command)
+                self._latest = rec
+                self._steps = k + 1
+                self._missed = ticker.missed
+                for fn in list(self._listeners):
+                    fn(rec)
+                k += 1
+        except Exception as e:  # noqa: BLE001 - any failure must leave the arms safe
+            self._error = f"{type(e).__name__}: {e}"
+            try:
+                self.rig.hold()
+            finally:
+                self.rig.torque_off()
