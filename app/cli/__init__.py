@@ -14,6 +14,7 @@ from app.cli.output import emit_json, error
 
 COMMANDS = (
     "gui",
+    "teleop",
     "bench",
 )
 
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py",
         description="XR0 Workstation: teleoperate and record a bimanual rig, fine-tune and run "
-        "the Xiaomi-Robotics-0 policy. No command opens the desktop app on the simulated rig.",
+        "the Xiaomi-Robotics-0 policy. With no command, the desktop app opens on the simulated rig.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
