@@ -1,0 +1,123 @@
+"""Live plots of the follower joints, commanded against measured, over the last few seconds.
+
+The control thread feeds every step into a JointHistory (a lock-guarded ring buffer; appending is
+a few array writes, so the loop is not slowed); the GUI thread redraws from a snapshot of it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import QVBoxLayout, QWidget
+
+from app.core.rig_session import StepRecord
+from app.qt import theme
+from drivers import layout
+
+
+class JointHistory:
+    """The last `seconds` of follower positions and commands (NaN while the followers hold)."""
+
+    def __init__(self, seconds: float, control_hz: float):
+        self.capacity = int(np.ceil(seconds * control_hz)) + 1
+        self._t = np.zeros(self.capacity)
+        self._measured = np.zeros((self.capacity, layout.DIM))
+        self._commanded = np.full((self.capacity, layout.DIM), np.nan)
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, rec: StepRecord) -> None:
+        """A RigSession step listener (runs in the control thread)."""
+        with self._lock:
+            i = self._n % self.capacity
+            self._t[i] = rec.t
+            self._measured[i] = rec.state.follower
+            if rec.command is None:
+                self._commanded[i] = np.nan
+            else:
+                self._commanded[i] = rec.command
+            self._n += 1
+
+    @property
+    def count(self) -> int:
+        return self._n
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(t, measured, commanded), oldest first: shapes (n,), (n, 14), (n, 14)."""
+        with self._lock:
+            n = min(self._n, self.capacity)
+            if self._n <= self.capacity:
+                idx = np.arange(n)
+            else:
+                idx = (np.arange(n) + self._n) % self.capacity
+            return self._t[idx], self._measured[idx], self._commanded[idx]
+
+
+class JointPlots(QWidget):
+    """One small plot per follower joint (rows: waist .. gripper; columns: left, right arm).
+    Solid: measured; dashed: commanded. The x axis is seconds before the newest sample."""
+
+    def __init__(self, history: JointHistory, seconds: float, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.history = history
+        self.seconds = seconds
+        self.redraws = 0
+        pg.setConfigOptions(antialias=False)
+        self.canvas = pg.GraphicsLayoutWidget()
+        self.canvas.setBackground("w")
+        self.canvas.ci.setSpacing(2)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.canvas)
+
+        self.plots: list[pg.PlotItem] = [None] * layout.DIM  # type: ignore[list-item]
+        self.measured: list[pg.PlotDataItem] = [None] * layout.DIM  # type: ignore[list-item]
+        self.commanded: list[pg.PlotDataItem] = [None] * layout.DIM  # type: ignore[list-item]
+        names = (*layout.ARM_JOINTS, "gripper")
+        small = QFont(self.font())
+        small.setPointSize(7)
+        first = None
+        for col, side in enumerate(layout.SIDES):
+            sl = layout.arm_slice(side)
+            for row, i in enumerate(range(sl.start, sl.stop)):
+                unit = "0..1" if layout.IS_GRIPPER[i] else "rad"
+                title = f"{side} {names[row]} ({unit})" if row else f"{side.upper()} ARM — {names[row]} ({unit})"
+                plot = self.canvas.addPlot(row=row, col=col)
+                plot.setTitle(title, size="8pt", color="#333")
+                plot.setMenuEnabled(False)
+                plot.setMouseEnabled(x=False, y=False)
+                plot.hideButtons()
+                plot.showGrid(x=True, y=True, alpha=0.25)
+                plot.setXRange(-seconds, 0, padding=0)
+                plot.getAxis("left").setWidth(40)
+                plot.getAxis("left").setStyle(maxTextLevel=0, tickFont=small)
+                if row < layout.JOINTS_PER_ARM - 1:
+                    plot.getAxis("bottom").setStyle(showValues=False)
+                else:
+                    plot.setLabel("bottom", "s")
+                if first is None:
+                    first = plot
+                else:
+                    plot.setXLink(first)
+                colour = theme.JOINT_COLOURS[row]
+                self.commanded[i] = plot.plot(
+                    pen=pg.mkPen(colour, width=1, style=Qt.PenStyle.DashLine), connect="finite",
+                    name="commanded")
+                self.measured[i] = plot.plot(pen=pg.mkPen(colour, width=2), name="measured")
+                self.plots[i] = plot
+
+    def refresh(self) -> bool:
+        """Redraw from the history; returns False when there is nothing to draw yet."""
+        t, measured, commanded = self.history.snapshot()
+        if len(t) < 2:
+            return False
+        x = t - t[-1]
+        for i in range(layout.DIM):
+            self.measured[i].setData(x, measured[:, i], skipFiniteCheck=True)
+            self.commanded[i].setData(x, commanded[:, i], connect="finite")
+        self.redraws += 1
+        return True

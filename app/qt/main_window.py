@@ -1,0 +1,253 @@
+"""The workstation's main window: the always-visible E-STOP bar, the tabs, the status bar.
+
+The window owns no robot logic. It connects the RigSession in a background thread (so the window
+is up at once), polls the session on a ~30 Hz QTimer and shows what it finds; operator actions go
+straight to the session. Window geometry and the operator's options persist in QSettings.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget
+
+from app.core.rig_session import RigSession, SessionStatus
+from app.qt import theme
+from app.qt.estop import EStopBar
+from app.qt.rig_panel import RigPanel
+from drivers.clock import now
+
+POLL_MS = 33  # ~30 Hz: cameras, plots, readouts, status bar
+AUTO_ENGAGE_KEY = "rig/auto_engage_sim"
+
+
+def settings() -> QSettings:
+    return QSettings("XR0", "Workstation")
+
+
+def show_error(parent: QWidget | None, title: str, text: str) -> QMessageBox:
+    """A non-blocking error dialog (the event loop, the plots and the E-STOP keep running).
+    Also printed to stderr for a terminal or a log."""
+    print(f"error: {title}: {text}", file=sys.stderr)
+    box = QMessageBox(QMessageBox.Icon.Critical, title, text, QMessageBox.StandardButton.Ok, parent)
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    box.setWindowModality(Qt.WindowModality.NonModal)
+    box.show()
+    return box
+
+
+class MainWindow(QMainWindow):
+    closed = Signal()  # after the session has been closed (followers torque off)
+
+    def __init__(self, session: RigSession, auto_engage: bool | None = None):
+        super().__init__()
+        self.session = session
+        cfg = session.config
+        self.setWindowTitle(f"XR0 Workstation — {cfg.name} ({cfg.kind} rig)")
+        self.resize(1400, 900)
+        self._settings = settings()
+        if auto_engage is None:
+            auto_engage = bool(self._settings.value(AUTO_ENGAGE_KEY, True, type=bool))
+        # Teleop never engages by itself on hardware: a person engages it at the rig.
+        self.auto_engage = auto_engage and cfg.kind == "sim"
+        self._auto_engaged = False
+        self._starter: threading.Thread | None = None
+        self._start_error = ""
+        self._reported_error = ""
+        self.errors: list[str] = []  # every error shown, newest last
+        self.live_since: float | None = None  # when cameras and joints first updated
+
+        self.estop = EStopBar(session)
+        self.estop.install_shortcut(self)
+        self.estop.triggered.connect(lambda src: self.statusBar().showMessage(
+            f"E-STOP ({src}): commands refused, followers holding", 5000))
+        self.rig_panel = RigPanel(session)
+        self.rig_panel.error.connect(self.report_error)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.rig_panel, "Rig")
+
+        central = QWidget()
+        lay = QVBoxLayout(central)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        lay.addWidget(self.estop)
+        lay.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
+        self._build_menus()
+        self._build_status_bar()
+
+        self.timer = QTimer(self)
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self.poll)
+        self._restore_geometry()
+
+    # -- construction ----------------------------------------------------------------------
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
+        file_menu.addAction(quit_action)
+        rig_menu = self.menuBar().addMenu("&Rig")
+        self.auto_engage_action = QAction("Engage teleop at start (sim rig only)", self)
+        self.auto_engage_action.setCheckable(True)
+        self.auto_engage_action.setChecked(
+            bool(self._settings.value(AUTO_ENGAGE_KEY, True, type=bool)))
+        self.auto_engage_action.toggled.connect(
+            lambda on: self._settings.setValue(AUTO_ENGAGE_KEY, on))
+        rig_menu.addAction(self.auto_engage_action)
+
+    def _build_status_bar(self) -> None:
+        sb = self.statusBar()
+        self.sb_session = QLabel("connecting…")
+        self.sb_rate = QLabel("control — Hz")
+        self.sb_period = QLabel("period error p99 — ms")
+        self.sb_missed = QLabel("missed 0")
+        self.sb_cameras = QLabel("cameras —")
+        self.sb_estop = QLabel()
+        for w in (self.sb_session, self.sb_rate, self.sb_period, self.sb_missed, self.sb_cameras,
+                  self.sb_estop):
+            sb.addPermanentWidget(w)
+
+    def _restore_geometry(self) -> None:
+        geo = self._settings.value("main_window/geometry")
+        if geo is not None:
+            self.restoreGeometry(geo)
+        state = self._settings.value("main_window/state")
+        if state is not None:
+            self.restoreState(state)
+        split = self._settings.value("main_window/rig_splitter")
+        if split is not None:
+            self.rig_panel.splitter.restoreState(split)
+
+    # -- session life cycle ----------------------------------------------------------------
+    def start_session(self) -> None:
+        """Connect the rig and start its control loop off the GUI thread; poll for the rest."""
+        if self._starter is not None:
+            return
+
+        def connect() -> None:
+            try:
+                self.session.start()
+            except Exception as e:  # noqa: BLE001 - shown to the operator with the fix
+                self._start_error = f"{type(e).__name__}: {e}" if not str(e) else str(e)
+
+        self._starter = threading.Thread(target=connect, name="rig-connect", daemon=True)
+        self._starter.start()
+        self.timer.start()
+
+    @property
+    def connecting(self) -> bool:
+        return self._starter is not None and self._starter.is_alive()
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt naming
+        super().showEvent(event)
+        self.start_session()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming
+        self.timer.stop()
+        self._settings.setValue("main_window/geometry", self.saveGeometry())
+        self._settings.setValue("main_window/state", self.saveState())
+        self._settings.setValue("main_window/rig_splitter", self.rig_panel.splitter.saveState())
+        self._settings.sync()
+        self.session.remove_listener(self.rig_panel.history)
+        if self._starter is not None:
+            self._starter.join(timeout=30.0)  # a connect in progress finishes, then we close
+        self.session.close()  # control loop ends, followers torque off
+        super().closeEvent(event)
+        self.closed.emit()
+
+    @property
+    def failure(self) -> str:
+        """Why the rig could not run ('' if it ran): a connect error or a control-loop error."""
+        return self._start_error or self.session.status().error
+
+    # -- errors ----------------------------------------------------------------------------
+    def report_error(self, title: str, text: str) -> None:
+        self.errors.append(f"{title}: {text}")
+        show_error(self, title, text)
+
+    # -- the poll --------------------------------------------------------------------------
+    def poll(self) -> None:
+        if self.connecting:
+            self.sb_session.setText("connecting to the rig…")
+            return
+        if self._start_error and self._start_error != self._reported_error:
+            self._reported_error = self._start_error
+            self.sb_session.setText("not connected")
+            self.report_error(
+                "Could not connect to the rig",
+                f"{self._start_error}\n\nFix the rig or its config "
+                f"({self.session.config.source or self.session.config.name}), then restart the app.")
+            return
+        st = self.session.status()
+        if st.error and st.error != self._reported_error:
+            self._reported_error = st.error
+            self.report_error(
+                "The control loop stopped",
+                f"{st.error}\n\nThe followers were told to hold and their torque is off. Check "
+                f"the rig, then close and reopen the app.")
+        self._maybe_auto_engage(st)
+        self.rig_panel.refresh(st)
+        self.estop.show_state(st.estopped)
+        self._show_status(st)
+        if self.live_since is None and self._live():
+            self.live_since = now()
+
+    def _maybe_auto_engage(self, st: SessionStatus) -> None:
+        if not self.auto_engage or self._auto_engaged or not st.running:
+            return
+        rec = self.session.latest()
+        if rec is None or rec.state.leader is None:
+            return
+        self._auto_engaged = True
+        if st.teleop == "idle" and not st.estopped:
+            self.rig_panel.engage()
+
+    def _live(self) -> bool:
+        views = self.rig_panel.cameras.values()
+        return self.rig_panel.history.count > 1 and all(v.frames_shown > 0 for v in views)
+
+    def _show_status(self, st: SessionStatus) -> None:
+        if st.running:
+            self.sb_session.setText("running")
+        elif st.error:
+            self.sb_session.setText("stopped (error)")
+        else:
+            self.sb_session.setText("stopped")
+        self.sb_rate.setText(f"control {st.rate_hz:.1f} Hz")
+        p99 = st.period_error_ms.get("p99", math.nan)
+        self.sb_period.setText("period error p99 — ms" if math.isnan(p99)
+                               else f"period error p99 {p99:.2f} ms")
+        self.sb_missed.setText(f"missed {st.missed_ticks}")
+        if st.camera_fps:
+            self.sb_cameras.setText("cameras " + " · ".join(
+                f"{n} {fps:.1f}" for n, fps in st.camera_fps.items()) + " fps")
+        if st.estopped:
+            self.sb_estop.setText("E-STOP ACTIVE")
+            self.sb_estop.setStyleSheet(theme.badge(theme.ESTOP_RED))
+        else:
+            self.sb_estop.setText("e-stop clear")
+            self.sb_estop.setStyleSheet(theme.badge(theme.OK_GREEN))
+
+    # -- screenshots -----------------------------------------------------------------------
+    def save_screenshots(self, directory: str | Path) -> list[Path]:
+        """One PNG of the whole window per tab, named after the tab (rig.png, ...)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        current = self.tabs.currentIndex()
+        out = []
+        for i in range(self.tabs.count()):
+            self.tabs.setCurrentIndex(i)
+            name = self.tabs.tabText(i).replace("&", "").strip().lower().replace(" ", "_")
+            path = d / f"{name}.png"
+            if not self.grab().save(str(path)):
+                raise OSError(f"could not write {path}: check that the folder is writable")
+            out.append(path)
+        self.tabs.setCurrentIndex(current)
+        return out

@@ -1,0 +1,229 @@
+"""The rig panel: live cameras, teleop controls, joint readouts and live joint plots.
+
+A view of a RigSession: `refresh()` (called from the main window's poll timer) reads the session's
+non-blocking getters and updates the widgets; the buttons call the session's operator actions.
+The side column is a tab widget of sections ("Joints" now); hardware rigs add their servo table
+there with `add_section()`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFontDatabase
+from PySide6.QtWidgets import (
+    QAbstractItemView, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QPushButton,
+    QSplitter, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget,
+)
+
+from app.core.rig_session import RigSession, SessionStatus, StepRecord
+from app.qt import theme
+from app.qt.camera_view import CameraView
+from app.qt.joint_plots import JointHistory, JointPlots
+from drivers import layout
+from drivers.clock import now
+
+PLOT_SECONDS = 10.0
+STALE_FRAME_S = 1.0  # a camera with no frame newer than this is shown as stalled
+
+TELEOP_COLOURS = {
+    "idle": theme.MUTED, "ramping": theme.WARN_AMBER, "engaged": theme.OK_GREEN,
+    "stopped": theme.ESTOP_RED,
+}
+
+
+class TeleopControls(QGroupBox):
+    """Engage / Disengage, the teleop state and why it last stopped."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__("Teleop", parent)
+        self.engage_button = QPushButton("Engage")
+        self.engage_button.setToolTip("Ramp the followers to the leader pose at the safe ramp "
+                                      "speed, then follow the leaders.")
+        self.disengage_button = QPushButton("Disengage")
+        self.disengage_button.setToolTip("Stop following; the followers hold where they are.")
+        self.state = QLabel("idle")
+        self.state.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.reason = QLabel("")
+        self.reason.setWordWrap(True)
+        self.reason.setStyleSheet(f"color: {theme.ESTOP_RED};")
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.engage_button)
+        buttons.addWidget(self.disengage_button)
+        buttons.addWidget(self.state)
+        lay = QVBoxLayout(self)
+        lay.addLayout(buttons)
+        lay.addWidget(self.reason)
+
+    def show_status(self, st: SessionStatus, can_engage: bool) -> None:
+        self.state.setText(st.teleop)
+        self.state.setStyleSheet(theme.badge(TELEOP_COLOURS.get(st.teleop, theme.MUTED)))
+        self.reason.setText(st.stop_reason)
+        self.reason.setVisible(bool(st.stop_reason))
+        self.engage_button.setEnabled(
+            can_engage and st.running and not st.estopped and st.teleop in ("idle", "stopped"))
+        self.disengage_button.setEnabled(st.running and st.teleop in ("ramping", "engaged"))
+
+
+class TaskStatus(QGroupBox):
+    """The sim task's reward and success, from RigState.info."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__("Task", parent)
+        self.reward = QLabel("—")
+        self.success = QLabel("—")
+        form = QFormLayout(self)
+        form.addRow("reward", self.reward)
+        form.addRow("success", self.success)
+
+    def show_info(self, info: dict) -> None:
+        r = info.get("reward")
+        max_r = info.get("max_reward")
+        if r is None:
+            self.reward.setText("—")
+        elif max_r is not None:
+            self.reward.setText(f"{r:g} / {max_r:g}")
+        else:
+            self.reward.setText(f"{r:g}")
+        s = info.get("success")
+        if s is None:
+            self.success.setText("—")
+            self.success.setStyleSheet("")
+        else:
+            self.success.setText("yes" if s else "not yet")
+            self.success.setStyleSheet(theme.badge(theme.OK_GREEN if s else theme.MUTED))
+
+
+class JointTable(QTableWidget):
+    """14 follower and leader readouts: rows are the joints of an arm, columns the arms."""
+
+    COLUMNS = ("left follower", "left leader", "right follower", "right leader")
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(layout.JOINTS_PER_ARM, len(self.COLUMNS), parent)
+        self.setHorizontalHeaderLabels([c.replace(" ", "\n") for c in self.COLUMNS])
+        rows = [f"{j} rad" for j in layout.ARM_JOINTS] + ["gripper 0..1"]
+        self.setVerticalHeaderLabels(rows)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        for r in range(self.rowCount()):
+            for c in range(self.columnCount()):
+                item = QTableWidgetItem("—")
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.setItem(r, c, item)
+
+    def show_state(self, follower: np.ndarray, leader: np.ndarray | None) -> None:
+        for c, (side, vec) in enumerate((("left", follower), ("left", leader),
+                                         ("right", follower), ("right", leader))):
+            sl = layout.arm_slice(side)
+            for r in range(layout.JOINTS_PER_ARM):
+                text = "—" if vec is None else f"{vec[sl.start + r]:+.3f}"
+                self.item(r, c).setText(text)
+
+    def value(self, row: int, column: str) -> str:
+        return self.item(row, self.COLUMNS.index(column)).text()
+
+
+class RigPanel(QWidget):
+    """Cameras on top; joint plots and the side column (teleop, task, sections) below."""
+
+    error = Signal(str, str)  # (title, message with the fix), shown by the main window
+
+    def __init__(self, session: RigSession, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.session = session
+        cfg = session.config
+        self.history = JointHistory(PLOT_SECONDS, cfg.control_hz)
+        session.add_listener(self.history)
+
+        self.cameras: dict[str, CameraView] = {}
+        cams = QWidget()
+        cam_lay = QHBoxLayout(cams)
+        cam_lay.setContentsMargins(0, 0, 0, 0)
+        for c in cfg.cameras:
+            view = CameraView(c.name)
+            self.cameras[c.name] = view
+            cam_lay.addWidget(view)
+        if not cfg.cameras:
+            cam_lay.addWidget(QLabel(f"rig '{cfg.name}' has no cameras: add [[cameras]] to "
+                                     f"{cfg.source or 'its config'} to see them here"))
+
+        self.teleop = TeleopControls()
+        self.teleop.engage_button.clicked.connect(self.engage)
+        self.teleop.disengage_button.clicked.connect(self.session.disengage)
+        self.task = TaskStatus()
+        self.task.setVisible(cfg.kind == "sim")
+        self.joints = JointTable()
+        self.sections = QTabWidget()
+        self.sections.addTab(self.joints, "Joints")
+
+        side = QWidget()
+        side_lay = QVBoxLayout(side)
+        side_lay.setContentsMargins(0, 0, 0, 0)
+        side_lay.addWidget(self.teleop)
+        side_lay.addWidget(self.task)
+        side_lay.addWidget(self.sections, 1)
+        side.setMinimumWidth(460)
+
+        self.plots = JointPlots(self.history, PLOT_SECONDS)
+        bottom = QSplitter(Qt.Orientation.Horizontal)
+        bottom.addWidget(self.plots)
+        bottom.addWidget(side)
+        bottom.setStretchFactor(0, 3)
+        bottom.setStretchFactor(1, 2)
+        bottom.setSizes([900, 500])
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.setObjectName("rig_splitter")
+        self.splitter.addWidget(cams)
+        self.splitter.addWidget(bottom)
+        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(1, 3)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.addWidget(self.splitter)
+        self._tick = 0
+
+    def add_section(self, widget: QWidget, title: str) -> None:
+        """Add a page to the side column (e.g. a hardware rig's servo table)."""
+        self.sections.addTab(widget, title)
+
+    # -- operator actions ------------------------------------------------------------------
+    def engage(self) -> None:
+        try:
+            self.session.engage()
+        except (ValueError, AssertionError) as e:
+            self.error.emit("Cannot engage teleop", str(e))
+
+    # -- view ------------------------------------------------------------------------------
+    def refresh(self, st: SessionStatus) -> None:
+        """Update from the session (GUI thread, ~30 Hz)."""
+        self._tick += 1
+        rig = self.session.rig
+        self.teleop.show_status(st, can_engage=rig.has_leaders)
+        rec: StepRecord | None = self.session.latest()
+        if rec is not None:
+            if self._tick % 3 == 0 or self.joints.value(0, "left follower") == "—":
+                self.joints.show_state(rec.state.follower, rec.state.leader)
+            self.task.show_info(rec.state.info)
+            self.plots.refresh()
+        if st.running:
+            self._refresh_cameras(st)
+
+    def _refresh_cameras(self, st: SessionStatus) -> None:
+        frames = self.session.frames()
+        t = now()
+        for name, view in self.cameras.items():
+            f = frames.get(name)
+            if f is None:
+                view.show_message("no frame yet" if view.image is None else "stream lost")
+                continue
+            view.show_frame(f, st.camera_fps.get(name, 0.0))
+            if t - f.t_host > STALE_FRAME_S:
+                view.show_message(f"stalled: last frame {t - f.t_host:.1f} s ago")
+            else:
+                view.show_message("")
+
