@@ -16,6 +16,7 @@ COMMANDS = (
     "gui",
     "teleop",
     "bench",
+    "cameras",
 )
 
 
