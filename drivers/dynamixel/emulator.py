@@ -1,0 +1,636 @@
+"""A Dynamixel Protocol 2.0 servo chain on a pseudo-terminal.
+
+The driver side opens the pty's slave path with the real dynamixel-sdk (PortHandler -> pyserial),
+exactly as it opens /dev/ttyUSB0 on a rig. The emulator parses instruction packets (PING, READ,
+WRITE, SYNC_READ, SYNC_WRITE, REBOOT, FACTORY_RESET; byte stuffing, CRC16), keeps a full control
+table per servo (EEPROM locked while torque is on), answers with status packets after the wire
+time the bytes would take at the host's baud rate (10 bits per byte, plus Return_Delay_Time), and
+moves each servo with a simple model: with torque on, the present position tracks the goal at the
+servo's speed limit; with torque off it stays where it is unless something back-drives it
+(`set_position`, or a `position_source` such as the MuJoCo sim). Servos answer only when the host's
+baud rate equals their Baud_Rate register, as on a real bus.
+
+Faults can be injected: dropped status packets, corrupted CRCs, hardware-error bits (overload ...),
+missing ids and wrong model numbers.
+
+    with DynamixelEmulator([(1, "XM430-W350"), (2, "XM430-W350")]) as emu:
+        bus = DynamixelBus(emu.port, ...)
+
+`EmulatorProcess` runs the same chain in a child process (its own GIL), for benchmarks of several
+buses at once.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import select
+import termios
+import threading
+import time
+import tty
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from drivers.dynamixel import control_table as ct
+
+BROADCAST_ID = 0xFE
+INST_PING, INST_READ, INST_WRITE = 0x01, 0x02, 0x03
+INST_FACTORY_RESET, INST_REBOOT = 0x06, 0x08
+INST_STATUS, INST_SYNC_READ, INST_SYNC_WRITE = 0x55, 0x82, 0x83
+HEADER = b"\xff\xff\xfd\x00"
+BITS_PER_BYTE = 10  # start + 8 data + stop
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for i in range(256):
+        crc = i << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x8005) if crc & 0x8000 else (crc << 1)
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc16(data: bytes | bytearray) -> int:
+    """CRC-16 (polynomial 0x8005) of Protocol 2.0."""
+    crc = 0
+    for b in data:
+        crc = ((crc << 8) ^ _CRC_TABLE[((crc >> 8) ^ b) & 0xFF]) & 0xFFFF
+    return crc
+
+
+def stuff(payload: bytes) -> bytes:
+    """Byte stuffing: FF FF FD in the payload becomes FF FF FD FD."""
+    out = bytearray()
+    for b in payload:
+        out.append(b)
+        if b == 0xFD and len(out) >= 3 and out[-3] == 0xFF and out[-2] == 0xFF:
+            out.append(0xFD)
+    return bytes(out)
+
+
+def unstuff(payload: bytes) -> bytes:
+    out = bytearray()
+    i = 0
+    while i < len(payload):
+        b = payload[i]
+        out.append(b)
+        if (b == 0xFD and i + 1 < len(payload) and payload[i + 1] == 0xFD and len(out) >= 3
+                and out[-3] == 0xFF and out[-2] == 0xFF):
+            i += 1  # skip the stuffed FD
+        i += 1
+    return bytes(out)
+
+
+def build_packet(servo_id: int, instruction: int, params: bytes, bad_crc: bool = False) -> bytes:
+    body = stuff(bytes([instruction]) + params)
+    length = len(body) + 2
+    pkt = HEADER + bytes([servo_id, length & 0xFF, length >> 8]) + body
+    crc = crc16(pkt)
+    if bad_crc:
+        crc ^= 0xA5A5
+    return pkt + bytes([crc & 0xFF, crc >> 8])
+
+
+def _termios_baud_table() -> dict[int, int]:
+    out = {}
+    for rate in (9600, 19200, 38400, 57600, 115200, 230400, 460800, 500000, 576000, 921600,
+                 1000000, 1152000, 2000000, 2500000, 3000000, 3500000, 4000000):
+        const = getattr(termios, f"B{rate}", None)
+        if const is not None:
+            out[const] = rate
+    return out
+
+
+_TERMIOS_BAUD = _termios_baud_table()
+
+
+@dataclass
+class _Faults:
+    drop: int = 0  # drop the next N status packets
+    bad_crc: int = 0  # corrupt the CRC of the next N status packets
+    silent: bool = False  # never answer (as if unplugged from the chain)
+
+
+class EmulatedServo:
+    """One servo: its control-table memory and its motion."""
+
+    def __init__(self, servo_id: int, model: str | ct.Model, position: int = ct.CENTER_TICKS,
+                 baud: int = 1_000_000):
+        self.model = ct.MODELS[model] if isinstance(model, str) else model
+        self.mem = bytearray(ct.TABLE_SIZE)
+        self._defaults(servo_id, baud)
+        self.angle = float(position)  # physical shaft angle in ticks (before offset/direction)
+        self.velocity = 0.0  # ticks/s
+        self.faults = _Faults()
+        self.speed_scale = 1.0
+
+    def _defaults(self, servo_id: int, baud: int, keep: tuple[str, ...] = ()) -> None:
+        kept = {name: self.get(name) for name in keep} if any(self.mem) else {}
+        self.mem[:] = bytes(ct.TABLE_SIZE)
+        m = self.model
+        defaults = {
+            "Model_Number": m.number, "Firmware_Version": m.firmware, "ID": servo_id,
+            "Baud_Rate": ct.BAUD_CODES[baud], "Return_Delay_Time": 250, "Drive_Mode": 0,
+            "Operating_Mode": ct.MODE_POSITION, "Secondary_ID": 255, "Protocol_Type": 2,
+            "Moving_Threshold": 10, "Temperature_Limit": 80, "Max_Voltage_Limit": 160,
+            "Min_Voltage_Limit": 95, "PWM_Limit": 885, "Current_Limit": m.current_limit_max,
+            "Velocity_Limit": 200, "Max_Position_Limit": 4095, "Min_Position_Limit": 0,
+            "Shutdown": 52, "Status_Return_Level": 2, "Position_P_Gain": 800,
+            "Velocity_P_Gain": 100, "Velocity_I_Gain": 1920, "Present_Input_Voltage": 120,
+            "Present_Temperature": 32,
+        }
+        defaults.update(kept)
+        for name, value in defaults.items():
+            self.set(name, value)
+
+    # -- memory ------------------------------------------------------------------------------
+    @property
+    def id(self) -> int:
+        return self.mem[7]
+
+    def get(self, name: str) -> int:
+        f = ct.FIELDS[name]
+        return ct.decode(f, self.mem, f.address)
+
+    def set(self, name: str, value: int) -> None:
+        f = ct.FIELDS[name]
+        self.mem[f.address:f.address + f.size] = ct.encode(f, value)
+
+    @property
+    def baud(self) -> int:
+        return ct.BAUD_RATES.get(self.get("Baud_Rate"), 0)
+
+    @property
+    def torque(self) -> bool:
+        return bool(self.mem[64])
+
+    @property
+    def error_byte(self) -> int:
+        return ct.ERR_ALERT if self.get("Hardware_Error_Status") else 0
+
+    # -- position <-> register ---------------------------------------------------------------
+    def _sign(self) -> int:
+        return -1 if self.get("Drive_Mode") & ct.DRIVE_MODE_REVERSE else 1
+
+    def present_ticks(self) -> int:
+        value = self._sign() * round(self.angle) + self.get("Homing_Offset")
+        if self.get("Operating_Mode") == ct.MODE_POSITION:
+            value %= ct.TICKS_PER_REV
+        return value
+
+    def goal_angle(self) -> float:
+        return float(self._sign() * (self.get("Goal_Position") - self.get("Homing_Offset")))
+
+    def set_present_ticks(self, ticks: float) -> None:
+        """Back-drive: put the shaft where Present_Position will read `ticks`."""
+        self.angle = self._sign() * (float(ticks) - self.get("Homing_Offset"))
+
+    # -- motion ------------------------------------------------------------------------------
+    def advance(self, dt: float) -> None:
+        if dt <= 0:
+            return
+        before = self.angle
+        if self.torque:
+            max_speed = self.model.no_load_speed_rpm / 60 * ct.TICKS_PER_REV * self.speed_scale
+            pv = self.get("Profile_Velocity")
+            if pv > 0:
+                max_speed = min(max_speed, pv * ct.VELOCITY_UNIT_RPM / 60 * ct.TICKS_PER_REV)
+            err = self.goal_angle() - self.angle
+            step = max_speed * dt
+            self.angle += max(-step, min(step, err))
+        self.velocity = (self.angle - before) / dt
+        self._update_present()
+
+    def _update_present(self) -> None:
+        self.set("Present_Position", self.present_ticks())
+        vel_units = self._sign() * self.velocity / ct.TICKS_PER_REV * 60 / ct.VELOCITY_UNIT_RPM
+        self.set("Present_Velocity", round(vel_units))
+        current = 0
+        if self.torque:
+            # a P-controller's effort: proportional to the error, saturated at the current limit
+            err = self.goal_angle() - self.angle
+            limit = self.get("Current_Limit") or 1000
+            if self.get("Operating_Mode") == ct.MODE_CURRENT_POSITION:
+                goal_current = abs(self.get("Goal_Current"))
+                limit = min(limit, goal_current) if goal_current else limit
+            current = max(-limit, min(limit, round(self._sign() * err * 2)))
+        self.set("Present_Current", current)
+        self.set("Moving", int(abs(self.velocity) > 1.0))
+
+    # -- register writes ---------------------------------------------------------------------
+    def write(self, address: int, data: bytes) -> int:
+        """Write bytes as a WRITE / SYNC_WRITE would; returns the status error number."""
+        end = address + len(data)
+        if address < 0 or end > ct.TABLE_SIZE or not data:
+            return ct.ERR_DATA_LENGTH
+        touched = [f for f in ct.FIELDS.values()
+                   if f.address < end and address < f.address + f.size]
+        for f in touched:
+            if not f.writable:
+                return ct.ERR_ACCESS
+            if f.eeprom and self.torque:
+                return ct.ERR_ACCESS  # EEPROM is locked while torque is on
+        new = bytearray(self.mem)
+        new[address:end] = data
+        for f in touched:
+            v = ct.decode(f, new, f.address)
+            if f.name == "ID" and not 0 <= v <= 252:
+                return ct.ERR_DATA_RANGE
+            if f.name == "Operating_Mode" and v not in ct.OPERATING_MODES:
+                return ct.ERR_DATA_RANGE
+            if f.name == "Baud_Rate" and v not in ct.BAUD_RATES:
+                return ct.ERR_DATA_RANGE
+            if f.name == "Current_Limit" and v > self.model.current_limit_max:
+                return ct.ERR_DATA_LIMIT
+            if f.name == "Goal_Position" and self.get("Operating_Mode") == ct.MODE_POSITION:
+                if not self.get("Min_Position_Limit") <= v <= self.get("Max_Position_Limit"):
+                    return ct.ERR_DATA_LIMIT
+            if f.name == "Torque_Enable" and v and self.get("Hardware_Error_Status"):
+                return ct.ERR_RESULT_FAIL  # torque stays off until a reboot clears the fault
+        # Homing_Offset / Drive_Mode writes do not move the shaft; they change what it reads
+        self.mem[:] = new
+        self._update_present()
+        return 0
+
+    def read(self, address: int, length: int) -> tuple[int, bytes]:
+        if address < 0 or length <= 0 or address + length > ct.TABLE_SIZE:
+            return ct.ERR_DATA_LENGTH, b""
+        return 0, bytes(self.mem[address:address + length])
+
+    def hardware_fault(self, bits: int) -> None:
+        """A hardware error: the servo drops torque and flags every status packet."""
+        self.set("Hardware_Error_Status", bits)
+        if bits:
+            self.set("Torque_Enable", 0)
+
+    def reboot(self) -> None:
+        eeprom = bytes(self.mem[:ct.EEPROM_END])
+        self.mem[ct.EEPROM_END:] = bytes(ct.TABLE_SIZE - ct.EEPROM_END)
+        self.mem[:ct.EEPROM_END] = eeprom
+        for name, value in (("Status_Return_Level", 2), ("Position_P_Gain", 800),
+                            ("Velocity_P_Gain", 100), ("Velocity_I_Gain", 1920),
+                            ("Present_Input_Voltage", 120), ("Present_Temperature", 32)):
+            self.set(name, value)
+        self._update_present()
+
+    def factory_reset(self, option: int) -> None:
+        keep = {0xFF: (), 0x01: ("ID",), 0x02: ("ID", "Baud_Rate")}.get(option, ())
+        self._defaults(self.id, 1_000_000, keep=keep)
+        self._update_present()
+
+
+class DynamixelEmulator:
+    """A chain of emulated servos behind one pseudo-terminal, served from a thread."""
+
+    def __init__(self, servos: Iterable[tuple[int, str] | EmulatedServo], *,
+                 baud: int = 1_000_000, wire_time: bool = True):
+        self.servos: dict[int, EmulatedServo] = {}
+        for s in servos:
+            servo = s if isinstance(s, EmulatedServo) else EmulatedServo(s[0], s[1], baud=baud)
+            self.servos[servo.id] = servo
+        self.wire_time = wire_time
+        self.lock = threading.RLock()
+        self.position_source: Callable[[], dict[int, float]] | None = None
+        self.on_goal: Callable[[dict[int, int]], None] | None = None
+        self.packets = 0  # instruction packets received
+        self.crc_errors = 0  # instruction packets with a bad CRC
+        self._master = self._slave = -1
+        self._wake_r = self._wake_w = -1
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._t_last = time.monotonic()
+        self.port = ""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> "DynamixelEmulator":
+        if self._thread is not None:
+            return self
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._master)
+        tty.setraw(self._slave)
+        self.port = os.ttyname(self._slave)
+        self._wake_r, self._wake_w = os.pipe()
+        self._stop.clear()
+        self._t_last = time.monotonic()
+        self._thread = threading.Thread(target=self._serve, name=f"dxl-emulator {self.port}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=5)
+        self._thread = None
+        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._master = self._slave = self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> "DynamixelEmulator":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- inspection and faults (thread-safe) ---------------------------------------------------
+    def servo(self, servo_id: int) -> EmulatedServo:
+        return self.servos[servo_id]
+
+    def get(self, servo_id: int, name: str) -> int:
+        with self.lock:
+            self._advance()
+            return self.servos[servo_id].get(name)
+
+    def set(self, servo_id: int, name: str, value: int) -> None:
+        """Set a register directly (bypassing the bus and its EEPROM lock)."""
+        with self.lock:
+            self.servos[servo_id].set(name, value)
+
+    def set_position(self, servo_id: int, ticks: float) -> None:
+        """Back-drive a servo (a hand on the leader arm): Present_Position will read `ticks`."""
+        with self.lock:
+            self._advance()
+            self.servos[servo_id].set_present_ticks(ticks)
+            self.servos[servo_id]._update_present()
+
+    def drop_status(self, servo_id: int, count: int = 1) -> None:
+        with self.lock:
+            self.servos[servo_id].faults.drop += count
+
+    def corrupt_crc(self, servo_id: int, count: int = 1) -> None:
+        with self.lock:
+            self.servos[servo_id].faults.bad_crc += count
+
+    def silence(self, servo_id: int, silent: bool = True) -> None:
+        """The servo stops answering (as if unplugged from the chain)."""
+        with self.lock:
+            self.servos[servo_id].faults.silent = silent
+
+    def hardware_error(self, servo_id: int, bits: int = 0x20) -> None:
+        """Raise hardware-error bits (default: overload) on a servo; it drops its torque."""
+        with self.lock:
+            self.servos[servo_id].hardware_fault(bits)
+
+    def torque_map(self) -> dict[int, bool]:
+        with self.lock:
+            return {i: s.torque for i, s in self.servos.items()}
+
+    # -- serving ------------------------------------------------------------------------------
+    def _advance(self) -> None:
+        t = time.monotonic()
+        dt = t - self._t_last
+        self._t_last = t
+        external = self.position_source() if self.position_source is not None else {}
+        for sid, servo in self.servos.items():
+            if sid in external:
+                before = servo.angle
+                servo.set_present_ticks(external[sid])
+                servo.velocity = (servo.angle - before) / dt if dt > 0 else 0.0
+                servo._update_present()
+            else:
+                servo.advance(dt)
+
+    def _host_baud(self) -> int:
+        try:
+            attrs = termios.tcgetattr(self._master)
+        except termios.error:
+            return 0
+        return _TERMIOS_BAUD.get(attrs[5], 0)
+
+    def _serve(self) -> None:
+        buf = bytearray()
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._master, self._wake_r], [], [], 0.1)
+            except (OSError, ValueError):
+                return
+            if self._wake_r in ready:
+                return
+            if self._master not in ready:
+                continue
+            try:
+                chunk = os.read(self._master, 4096)
+            except OSError:
+                time.sleep(0.01)
+                continue
+            t_rx = time.monotonic()
+            buf += chunk
+            while True:
+                pkt = self._take_packet(buf)
+                if pkt is None:
+                    break
+                self._handle(pkt, t_rx)
+
+    def _take_packet(self, buf: bytearray) -> bytes | None:
+        """Cut one complete packet (header .. CRC) off the front of buf, skipping noise."""
+        while True:
+            i = buf.find(HEADER)
+            if i < 0:
+                del buf[:max(0, len(buf) - 3)]
+                return None
+            del buf[:i]
+            if len(buf) < 7:
+                return None
+            length = buf[5] | (buf[6] << 8)
+            if length < 3 or length > 1024:
+                del buf[:1]
+                continue
+            total = 7 + length
+            if len(buf) < total:
+                return None
+            pkt = bytes(buf[:total])
+            del buf[:total]
+            return pkt
+
+    def _handle(self, raw: bytes, t_rx: float) -> None:
+        baud = self._host_baud()
+        byte_s = BITS_PER_BYTE / baud if baud else 0.0
+        with self.lock:
+            self.packets += 1
+            self._advance()
+            sid, inst = raw[4], raw[7]
+            crc_ok = crc16(raw[:-2]) == (raw[-2] | (raw[-1] << 8))
+            params = unstuff(raw[8:-2])
+            targets = [s for s in self.servos.values() if s.baud == baud and not s.faults.silent]
+            replies: list[tuple[EmulatedServo, bytes]] = []
+            if not crc_ok:
+                self.crc_errors += 1
+                s = self.servos.get(sid)
+                if s in targets:
+                    replies.append((s, self._status(s, ct.ERR_CRC)))
+            elif sid == BROADCAST_ID:
+                replies = self._broadcast(inst, params, targets)
+            else:
+                s = self.servos.get(sid)
+                if s in targets:
+                    reply = self._unicast(s, inst, params)
+                    if reply is not None:
+                        replies.append((s, reply))
+        # wire time: the instruction's bytes, then each status packet after its return delay
+        t = t_rx + len(raw) * byte_s
+        for servo, status in replies:
+            if self.wire_time and byte_s:
+                t += servo.get("Return_Delay_Time") * ct.RETURN_DELAY_UNIT_S + len(status) * byte_s
+                wait = t - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            with self.lock:
+                if servo.faults.drop:
+                    servo.faults.drop -= 1
+                    continue
+                if servo.faults.bad_crc:
+                    servo.faults.bad_crc -= 1
+                    status = status[:-2] + bytes([status[-2] ^ 0xA5, status[-1] ^ 0xA5])
+            try:
+                os.write(self._master, status)
+            except OSError:
+                return
+
+    def _status(self, s: EmulatedServo, err: int, params: bytes = b"") -> bytes:
+        return build_packet(s.id, INST_STATUS, bytes([err | s.error_byte]) + params)
+
+    def _unicast(self, s: EmulatedServo, inst: int, p: bytes) -> bytes | None:
+        level = s.get("Status_Return_Level")
+        if inst == INST_PING:
+            m = s.get("Model_Number")
+            return self._status(s, 0, bytes([m & 0xFF, m >> 8, s.get("Firmware_Version")]))
+        if inst == INST_READ:
+            if len(p) != 4:
+                return self._status(s, ct.ERR_DATA_LENGTH)
+            addr, length = p[0] | (p[1] << 8), p[2] | (p[3] << 8)
+            err, data = s.read(addr, length)
+            return self._status(s, err, data) if level >= 1 else None
+        if inst == INST_WRITE:
+            if len(p) < 3:
+                return self._status(s, ct.ERR_DATA_LENGTH)
+            addr = p[0] | (p[1] << 8)
+            err = self._write(s, addr, p[2:])
+            return self._status(s, err) if level >= 2 else None
+        if inst == INST_REBOOT:
+            status = self._status(s, 0)
+            s.reboot()
+            return status if level >= 2 else None
+        if inst == INST_FACTORY_RESET:
+            if s.torque:
+                return self._status(s, ct.ERR_ACCESS)
+            status = self._status(s, 0)
+            s.factory_reset(p[0] if p else 0xFF)
+            return status if level >= 2 else None
+        return self._status(s, ct.ERR_INSTRUCTION)
+
+    def _write(self, s: EmulatedServo, addr: int, data: bytes) -> int:
+        err = s.write(addr, data)
+        goal = ct.FIELDS["Goal_Position"]
+        if not err and self.on_goal is not None and addr <= goal.address < addr + len(data):
+            self.on_goal({s.id: s.get("Goal_Position")})
+        return err
+
+    def _broadcast(self, inst: int, p: bytes, targets: list[EmulatedServo]):
+        replies = []
+        by_id = {s.id: s for s in targets}
+        if inst == INST_PING:
+            for s in sorted(targets, key=lambda s: s.id):
+                replies.append((s, self._unicast(s, INST_PING, b"")))
+        elif inst == INST_SYNC_READ and len(p) >= 5:
+            addr, length = p[0] | (p[1] << 8), p[2] | (p[3] << 8)
+            for sid in p[4:]:
+                s = by_id.get(sid)
+                if s is None:
+                    continue
+                err, data = s.read(addr, length)
+                replies.append((s, self._status(s, err, data)))
+        elif inst == INST_SYNC_WRITE and len(p) >= 4:
+            addr, length = p[0] | (p[1] << 8), p[2] | (p[3] << 8)
+            body = p[4:]
+            goals = {}
+            for k in range(0, len(body) - length, length + 1):
+                s = by_id.get(body[k])
+                if s is not None and not s.write(addr, body[k + 1:k + 1 + length]):
+                    goals[s.id] = s.get("Goal_Position")
+            goal = ct.FIELDS["Goal_Position"]
+            if goals and self.on_goal is not None and addr <= goal.address < addr + length:
+                self.on_goal(goals)
+        elif inst == INST_WRITE and len(p) >= 3:
+            for s in targets:
+                s.write(p[0] | (p[1] << 8), p[2:])
+        elif inst == INST_REBOOT:
+            for s in targets:
+                s.reboot()
+        return replies
+
+
+# -- a chain in its own process ---------------------------------------------------------------
+def _child(servos, baud, wire_time, conn) -> None:
+    emu = DynamixelEmulator(servos, baud=baud, wire_time=wire_time).start()
+    conn.send(emu.port)
+    try:
+        conn.recv()  # anything, or EOF when the parent goes away, stops the chain
+    except (EOFError, OSError):
+        pass
+    emu.stop()
+
+
+class EmulatorProcess:
+    """A DynamixelEmulator in a child process, so that several buses do not share one GIL.
+    Only the port is exposed; inspect and inject faults with the in-process emulator."""
+
+    def __init__(self, servos: Iterable[tuple[int, str]], *, baud: int = 1_000_000,
+                 wire_time: bool = True):
+        self._args = (list(servos), baud, wire_time)
+        self._proc: multiprocessing.Process | None = None
+        self._conn = None
+        self.port = ""
+
+    def start(self) -> "EmulatorProcess":
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_child, args=(*self._args, child), daemon=True)
+        self._proc.start()
+        child.close()
+        if not parent.poll(30):
+            self._proc.kill()
+            raise RuntimeError("the emulator process did not start within 30 s")
+        self.port = parent.recv()
+        self._conn = parent
+        return self
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        try:
+            self._conn.send("stop")
+        except OSError:
+            pass
+        self._proc.join(timeout=5)
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc = None
+
+    def __enter__(self) -> "EmulatorProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def arm_chain(models: Iterable[str], ids: Iterable[int] | None = None,
+              positions: Iterable[float] | None = None) -> list[EmulatedServo]:
+    """Servos for one arm: ids 1..n (or the given ids), optionally at given present ticks."""
+    models = list(models)
+    ids = list(ids) if ids is not None else list(range(1, len(models) + 1))
+    positions = list(positions) if positions is not None else [ct.CENTER_TICKS] * len(models)
+    return [EmulatedServo(i, m, position=round(p)) for i, m, p in zip(ids, models, positions)]
+
+
+__all__ = ["DynamixelEmulator", "EmulatorProcess", "EmulatedServo", "arm_chain", "crc16",
+           "build_packet"]
