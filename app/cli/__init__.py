@@ -17,6 +17,8 @@ COMMANDS = (
     "teleop",
     "bench",
     "cameras",
+    "scan",
+    "calibrate",
 )
 
 

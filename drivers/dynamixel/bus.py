@@ -117,7 +117,7 @@ def open_port(port: str, baud: int, latency_timer_ms: float = 16.0) -> PortHandl
     except Exception as e:  # pyserial raises SerialException (an OSError subclass or not)
         reason = str(e)
         if "ermission" in reason:
-            fix = ("your user may not read the port: add it to the dialout group "
+            fix = ("Your user may not read the port: add it to the dialout group "
                    "(sudo usermod -aG dialout $USER, then log in again)")
         else:
             fix = (f"check the USB cable and the port name: {BY_ID_HINT}; put that stable "
@@ -390,3 +390,36 @@ class DynamixelBus:
             f"({self.retries} retries). Check the arm's power and the cable to that servo; "
             f"`python main.py scan --port {self.port} --baud {self.baud}` lists what answers"
         )
+
+
+def scan_bus(port: str, baud: int, ids: Iterable[int], progress=None,
+             latency_timer_ms: float = 16.0) -> list[dict]:
+    """Ping every id once on a port; for each servo that answers, read its firmware, present
+    position, torque and hardware-error status. Raises ConnectionFailed if the port cannot be
+    opened."""
+    handler = open_port(port, baud, latency_timer_ms)
+    packet = PacketHandler(2.0)
+    found = []
+    try:
+        for i in ids:
+            model, result, _ = packet.ping(handler, i)
+            if progress is not None:
+                progress(i)
+            if result != COMM_SUCCESS:
+                continue
+            info = {"id": i, "model": ct.model_name(model), "model_number": model, "baud": baud}
+            for key, name in (("firmware", "Firmware_Version"), ("position", "Present_Position"),
+                              ("torque", "Torque_Enable"),
+                              ("hardware_error", "Hardware_Error_Status")):
+                f = ct.FIELDS[name]
+                data, res, _ = packet.readTxRx(handler, i, f.address, f.size)
+                info[key] = ct.decode(f, data) if res == COMM_SUCCESS else None
+            if info["position"] is not None:
+                info["position_deg"] = round(
+                    (info["position"] - ct.CENTER_TICKS) * 360 / ct.TICKS_PER_REV, 2)
+            else:
+                info["position_deg"] = float("nan")
+            found.append(info)
+    finally:
+        handler.closePort()
+    return found

@@ -1,0 +1,195 @@
+"""The hardware rig: two Dynamixel follower arms, optionally two leader arms, RealSense cameras.
+
+Each arm is on its own bus (U2D2), as on ALOHA; reads and writes go to the buses in parallel, one
+thread per bus. Followers are never left with torque on after a failure: a connect that fails
+halfway torques off what it enabled, disconnect is idempotent and reaches every arm even when one
+fails, a servo fault drops that arm's torque, and other exceptions in read/command leave the
+followers holding their pose.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from drivers import layout
+from drivers.clock import now
+from drivers.config import ArmConfig, RigConfig
+from drivers.dynamixel.arm import DynamixelArm, FollowerArm, LeaderArm
+from drivers.errors import ConfigError, ConnectionFailed
+from drivers.rig import Rig, RigState
+
+
+class HardwareRig(Rig):
+    def __init__(self, config: RigConfig, *, parallel: bool = True,
+                 read_velocity_current: bool = False, latency_timer_ms: float = 16.0):
+        super().__init__(config)
+        self.parallel = parallel
+        self.read_velocity_current = read_velocity_current
+        self.followers: dict[str, FollowerArm] = {}
+        self.leaders: dict[str, LeaderArm] = {}
+        for side in layout.SIDES:
+            f = config.arm("follower", side)
+            if f is None:
+                raise ConfigError(f"{config.source or config.name}: a hardware rig needs a "
+                                  f"{side} follower arm ([[arms]] with role = \"follower\")")
+            self.followers[side] = FollowerArm(f, self._calibration_path(f),
+                                               latency_timer_ms=latency_timer_ms)
+        leaders = [config.arm("leader", s) for s in layout.SIDES]
+        if any(leaders) and not all(leaders):
+            missing = layout.SIDES[leaders.index(None)]
+            raise ConfigError(f"{config.source or config.name}: leader arms come in pairs; add "
+                              f"the {missing} leader arm or remove the other one")
+        for side, arm in zip(layout.SIDES, leaders):
+            if arm is not None:
+                self.leaders[side] = LeaderArm(arm, self._calibration_path(arm),
+                                               latency_timer_ms=latency_timer_ms)
+        self._pool: ThreadPoolExecutor | None = None
+        self._connected = False
+
+    def _calibration_path(self, arm: ArmConfig):
+        if not arm.calibration:
+            raise ConfigError(
+                f"{self.config.source or self.config.name}: arm '{arm.name}' has no calibration "
+                f"file; add calibration = \"calibration/{arm.name}.json\" to its [[arms]] table "
+                f"and run `python main.py calibrate --rig <this config> --arm {arm.name}`")
+        return self.config.resolve(arm.calibration)
+
+    @property
+    def arms(self) -> list[DynamixelArm]:
+        return [*self.followers.values(), *self.leaders.values()]
+
+    @property
+    def has_leaders(self) -> bool:
+        return bool(self.leaders)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def connect(self) -> None:
+        if self._connected:
+            return
+        try:
+            for arm in self.arms:
+                arm.connect()
+            self._start_cameras()
+        except BaseException:
+            try:
+                self.disconnect()
+            except Exception:
+                pass  # the connect error is the one to report; disconnect did its best
+            raise
+        if self.parallel:
+            self._pool = ThreadPoolExecutor(max_workers=len(self.arms),
+                                            thread_name_prefix="rig-bus")
+        self._connected = True
+        self._estopped.clear()
+
+    def _start_cameras(self) -> None:
+        if not self.config.cameras:
+            return
+        from drivers.realsense.camera import RealSenseCamera
+
+        for cam_cfg in self.config.cameras:
+            cam = RealSenseCamera(cam_cfg)
+            self.cameras[cam_cfg.name] = cam
+            cam.start()
+
+    def disconnect(self) -> None:
+        """Followers torque off, leaders released, cameras stopped; every step is attempted even
+        when one fails. Safe to call twice."""
+        failures = []
+        for arm in self.arms:
+            try:
+                arm.disconnect()
+            except Exception as e:
+                failures.append(f"{arm.name}: {e}")
+        for name, cam in list(self.cameras.items()):
+            try:
+                cam.stop()
+            except Exception as e:
+                failures.append(f"camera {name}: {e}")
+        self.cameras.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._connected = False
+        if failures:
+            raise ConnectionFailed("disconnect did not complete: " + "; ".join(failures)
+                                   + ". If an arm still holds torque, cut its power.")
+
+    # -- motion ------------------------------------------------------------------------------
+    def _each(self, arms: list, fn) -> list:
+        """fn(arm) for each arm, in parallel (one thread per bus) or in turn; every call runs to
+        the end before the first exception is raised."""
+        if self._pool is None or len(arms) < 2:
+            results, first = [], None
+            for a in arms:
+                try:
+                    results.append(fn(a))
+                except BaseException as e:
+                    first = first or e
+                    results.append(None)
+            if first is not None:
+                raise first
+            return results
+        futures = [self._pool.submit(fn, a) for a in arms]
+        errors = [f.exception() for f in futures]
+        for e in errors:
+            if e is not None:
+                raise e
+        return [f.result() for f in futures]
+
+    def _require(self) -> None:
+        if not self._connected:
+            raise ConnectionFailed(f"rig '{self.config.name}' is not connected; call connect() "
+                                   f"(or use it as a context manager) first")
+
+    def read(self) -> RigState:
+        self._require()
+        followers = [self.followers[s] for s in layout.SIDES]
+        leaders = [self.leaders[s] for s in layout.SIDES] if self.leaders else []
+        if self.read_velocity_current:
+            def read_arm(arm):
+                if isinstance(arm, FollowerArm):
+                    return arm.read_state(velocity=True, current=True)
+                return {"position": arm.read()}
+        else:
+            def read_arm(arm):
+                return {"position": arm.read()}
+        out = self._each(followers + leaders, read_arm)
+        t = now()
+        state = RigState(t=t, follower=layout.join(out[0]["position"], out[1]["position"]))
+        if leaders:
+            state.leader = layout.join(out[2]["position"], out[3]["position"])
+        if self.read_velocity_current:
+            state.follower_velocity = layout.join(out[0]["velocity"], out[1]["velocity"])
+            state.follower_current = layout.join(out[0]["current"], out[1]["current"])
+        return state
+
+    def _write_targets(self, q: np.ndarray) -> None:
+        self._require()
+        parts = layout.split(q)
+        arms = [self.followers[s] for s in layout.SIDES]
+        try:
+            self._each(arms, lambda a: a.write(parts[a.config.side]))
+        except BaseException:
+            try:
+                self.hold()
+            except Exception:
+                pass
+            raise
+
+    def hold(self) -> None:
+        self._each([f for f in self.followers.values() if f.bus.is_open], FollowerArm.hold)
+
+    def torque_off(self) -> None:
+        self._each([f for f in self.followers.values() if f.bus.is_open], FollowerArm.torque_off)
+
+    def limits(self) -> tuple[np.ndarray, np.ndarray]:
+        lo = layout.join(self.followers["left"].lower, self.followers["right"].lower)
+        hi = layout.join(self.followers["left"].upper, self.followers["right"].upper)
+        return lo, hi
+
+    def bus_stats(self) -> list[dict]:
+        """Per-bus read latency (p50/p99/max ms), retries and failures."""
+        return [a.bus.stats() for a in self.arms]
