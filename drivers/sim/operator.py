@@ -1,0 +1,339 @@
+"""The scripted operator: plays the two leader arms so the sim rig can record demonstrations.
+
+Each arm follows a list of end-effector waypoints (fingertip position, gripper orientation,
+gripper opening). Between waypoints the pose moves on a minimum-jerk profile (position linearly,
+orientation by slerp, both along s(t) = 10t^3 - 15t^4 + 6t^5), and every control step a damped
+least-squares IK turns the pose into the 6 joint angles of that arm, warm-started from the last
+solution on the operator's own MjData (the follower's physics is never touched). A waypoint's pose
+may depend on the scene when its segment begins (where the cube is now, where the socket sits in
+the left gripper), so the script closes the loop on the objects it handles.
+
+The output of `act()` is what leader arms would read: 14-d joint targets, grippers 0..1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import mujoco
+import numpy as np
+
+from drivers import layout
+from drivers.sim.scene import SceneIndex
+from drivers.sim.tasks import START_ARM_POSE
+
+TIP = np.array([0.150, 0.0, 0.0])  # a point between the fingertips, in the gripper link frame
+
+
+def _rot(x: tuple[float, float, float], y: tuple[float, float, float]) -> np.ndarray:
+    """Rotation whose columns are the gripper axes: x along the fingers, y the closing axis."""
+    x_ = np.asarray(x, float) / np.linalg.norm(x)
+    y_ = np.asarray(y, float) - np.dot(y, x_) * x_
+    y_ /= np.linalg.norm(y_)
+    return np.stack([x_, y_, np.cross(x_, y_)], axis=1)
+
+
+def _quat(rot: np.ndarray) -> np.ndarray:
+    q = np.zeros(4)
+    mujoco.mju_mat2Quat(q, np.ascontiguousarray(rot).flatten())
+    return q
+
+
+def _slerp(q0: np.ndarray, q1: np.ndarray, s: float) -> np.ndarray:
+    d = float(np.dot(q0, q1))
+    if d < 0.0:
+        q1, d = -q1, -d
+    if d > 0.9995:
+        q = q0 + s * (q1 - q0)
+        return q / np.linalg.norm(q)
+    theta = np.arccos(d)
+    return (np.sin((1 - s) * theta) * q0 + np.sin(s * theta) * q1) / np.sin(theta)
+
+
+def min_jerk(s: float) -> float:
+    s = min(max(s, 0.0), 1.0)
+    return s * s * s * (10.0 + s * (-15.0 + 6.0 * s))
+
+
+@dataclass
+class Pose:
+    pos: np.ndarray  # fingertip point, world frame (m)
+    quat: np.ndarray  # gripper orientation (w, x, y, z)
+
+
+@dataclass
+class Waypoint:
+    """Reach `pose` (or what `resolve(scene)` returns when the segment begins) with the gripper
+    at `gripper` by `t` seconds into the episode."""
+
+    t: float
+    gripper: float
+    pose: Pose | None = None
+    resolve: Callable[["SceneView"], Pose] | None = None
+
+
+class SceneView:
+    """What the operator sees of the follower scene: object poses and gripper frames."""
+
+    def __init__(self, model: mujoco.MjModel, data: mujoco.MjData):
+        self.model = model
+        self.data = data
+
+    def body_pos(self, name: str) -> np.ndarray:
+        return self.data.body(name).xpos.copy()
+
+    def body_mat(self, name: str) -> np.ndarray:
+        return self.data.body(name).xmat.reshape(3, 3).copy()
+
+    def tip(self, side: str) -> Pose:
+        b = self.data.body(f"vx300s_{side}/gripper_link")
+        rot = b.xmat.reshape(3, 3)
+        return Pose(b.xpos + rot @ TIP, _quat(rot))
+
+
+class ArmIK:
+    """Damped least-squares IK of one 6-joint arm for the fingertip pose, on a private MjData."""
+
+    def __init__(self, model: mujoco.MjModel, index: SceneIndex, side: str):
+        self.model = model
+        self.data = mujoco.MjData(model)
+        self.arm = index.arms[side]
+        self.qadr = list(self.arm.qpos)
+        self.dofs = list(self.arm.dof)
+        jnt = [int(np.flatnonzero(model.jnt_qposadr == a)[0]) for a in self.arm.qpos]
+        self.lo = model.jnt_range[jnt, 0].copy()
+        self.hi = model.jnt_range[jnt, 1].copy()
+        # joint weights: rolling the forearm is made costly so that the wrist bends (and turns)
+        # instead; this keeps the arm off the forearm-roll/wrist-rotate flip at a straight wrist
+        self.w_inv = 1.0 / np.array([1.0, 1.0, 1.0, 6.0, 1.0, 1.0])
+        self.jacp = np.zeros((3, model.nv))
+        self.jacr = np.zeros((3, model.nv))
+
+    def fk(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.data.qpos[self.qadr] = q
+        mujoco.mj_kinematics(self.model, self.data)
+        b = self.arm.gripper_body
+        rot = self.data.xmat[b].reshape(3, 3)
+        return self.data.xpos[b] + rot @ TIP, rot.copy()
+
+    def solve(
+        self, q: np.ndarray, pos: np.ndarray, quat: np.ndarray, iters: int = 30, damping: float = 0.02
+    ) -> np.ndarray:
+        q = np.array(q, dtype=np.float64)
+        target_rot = np.zeros(9)
+        mujoco.mju_quat2Mat(target_rot, quat)
+        target_rot = target_rot.reshape(3, 3)
+        err_quat = np.zeros(4)
+        err_rot = np.zeros(3)
+        for _ in range(iters):
+            p, rot = self.fk(q)
+            e_pos = pos - p
+            mujoco.mju_mat2Quat(err_quat, (target_rot @ rot.T).flatten())
+            mujoco.mju_quat2Vel(err_rot, err_quat, 1.0)
+            if np.linalg.norm(e_pos) < 1e-4 and np.linalg.norm(err_rot) < 1e-3:
+                break
+            mujoco.mj_comPos(self.model, self.data)
+            mujoco.mj_jac(self.model, self.data, self.jacp, self.jacr, p, self.arm.gripper_body)
+            jac = np.vstack([self.jacp[:, self.dofs], self.jacr[:, self.dofs]])
+            err = np.concatenate([e_pos, 0.5 * err_rot])
+            jac[3:] *= 0.5
+            jw = jac * self.w_inv
+            dq = jw.T @ np.linalg.solve(jw @ jac.T + damping**2 * np.eye(6), err)
+            step = np.max(np.abs(dq))
+            if step > 0.2:
+                dq *= 0.2 / step
+            q = np.clip(q + dq, self.lo, self.hi)
+        return q
+
+
+class ArmScript:
+    """One arm's waypoints, interpolated and solved step by step."""
+
+    def __init__(self, ik: ArmIK, q0: np.ndarray, gripper0: float, waypoints: list[Waypoint]):
+        self.ik = ik
+        self.q = np.array(q0, dtype=np.float64)
+        pos, rot = ik.fk(self.q)
+        self.start = Pose(pos, _quat(rot))
+        self.gripper_start = gripper0
+        self.waypoints = waypoints
+        self.k = -1  # index of the segment in progress
+        self.t_start = 0.0
+        self.goal = self.start
+        self.gripper = gripper0
+
+    def act(self, t: float, scene: SceneView) -> np.ndarray:
+        # advance to the segment that contains t, resolving its goal from the scene as it begins
+        while self.k + 1 < len(self.waypoints) and (self.k < 0 or t >= self.waypoints[self.k].t):
+            if self.k >= 0:
+                self.start, self.gripper_start = self.goal, self.waypoints[self.k].gripper
+                self.t_start = self.waypoints[self.k].t
+            self.k += 1
+            wp = self.waypoints[self.k]
+            self.goal = wp.resolve(scene) if wp.resolve is not None else wp.pose
+        wp = self.waypoints[self.k]
+        span = max(wp.t - self.t_start, 1e-9)
+        s = min_jerk((t - self.t_start) / span)
+        pos = (1 - s) * self.start.pos + s * self.goal.pos
+        quat = _slerp(self.start.quat, self.goal.quat, s)
+        self.gripper = (1 - s) * self.gripper_start + s * wp.gripper
+        self.q = self.ik.solve(self.q, pos, quat)
+        return np.concatenate([self.q, [self.gripper]])
+
+
+# Gripper orientations (columns: along the fingers, closing axis, their cross product)
+RIGHT_DOWN = _quat(_rot((0, 0, -1), (0, -1, 0)))  # pointing down, closing along world y
+LEFT_DOWN = _quat(_rot((0, 0, -1), (0, 1, 0)))  # pointing down, closing along world y
+
+
+def _at(pos, quat) -> Pose:
+    return Pose(np.asarray(pos, dtype=np.float64), np.asarray(quat, dtype=np.float64))
+
+
+class ScriptedOperator:
+    """Plays both leader arms through a task from whatever initial state the seed produced."""
+
+    def __init__(self, model: mujoco.MjModel, task: str, control_dt: float):
+        self.model = model
+        self.task = task
+        self.control_dt = control_dt
+        self.index = SceneIndex.of(model)
+        self.ik = {side: ArmIK(model, self.index, side) for side in layout.SIDES}
+        self.scripts: dict[str, ArmScript] = {}
+        self.last = self.start_pose()
+
+    @staticmethod
+    def start_pose() -> np.ndarray:
+        from drivers.sim.scene import normalize_gripper
+
+        arm = START_ARM_POSE[:6]
+        g = normalize_gripper(START_ARM_POSE[6])
+        return np.concatenate([arm, [g], arm, [g]])
+
+    @property
+    def duration(self) -> float:
+        return max(s.waypoints[-1].t for s in self.scripts.values())
+
+    def reset(self, scene: SceneView) -> None:
+        """Plan an episode from the scene's initial state (call after the task reset)."""
+        start = self.start_pose()
+        plans = TRANSFER_CUBE if self.task == "transfer_cube" else INSERTION
+        self.scripts = {}
+        for side in layout.SIDES:
+            s = layout.arm_slice(side)
+            self.scripts[side] = ArmScript(
+                self.ik[side], start[s][:6], float(start[s][6]), plans[side](scene)
+            )
+        self.last = start
+
+    def act(self, t: float, scene: SceneView) -> np.ndarray:
+        """14-d leader joint targets for sim time t (seconds since the episode began)."""
+        if not self.scripts:
+            self.reset(scene)
+        self.last = layout.join(self.scripts["left"].act(t, scene), self.scripts["right"].act(t, scene))
+        return self.last
+
+
+# -- transfer cube ----------------------------------------------------------------------------
+# The right arm picks the cube from above, gripping its upper half, lifts it to the meeting point
+# and tilts so the lower half sticks out towards the left arm, pointing down-left; the left arm
+# comes in head-on from below-left with its fingers closing crosswise to the right fingers (so the
+# two grippers never collide), grips the free half, and the right arm lets go and backs off. Both
+# wrists stay bent the whole time, clear of the straight-wrist singularity.
+
+MEET = np.array([0.0, 0.5, 0.25])  # right fingertip at the hand-over
+HANDOVER_TILT = np.radians(35.0)
+_D = np.array([-np.cos(HANDOVER_TILT), 0.0, -np.sin(HANDOVER_TILT)])  # right gripper's pointing
+RIGHT_HANDOVER = _quat(_rot(_D, (0, -1, 0)))
+LEFT_HANDOVER = _quat(_rot(-_D, np.cross(_D, (0, -1, 0))))  # head-on, closing crosswise
+GRASP_HEIGHT = 0.003  # right fingertips this far above the cube's centre: the upper half in hand
+LEFT_REACH = 0.010  # left fingertips this far past the cube's centre, towards the right gripper
+
+
+def _cube(scene: SceneView) -> np.ndarray:
+    return scene.body_pos("box")
+
+
+def _transfer_right(scene: SceneView) -> list[Waypoint]:
+    c = _cube(scene)
+    return [
+        Waypoint(1.2, 1.0, _at(c + [0, 0, 0.10], RIGHT_DOWN)),
+        Waypoint(1.9, 1.0, resolve=lambda sc: _at(_cube(sc) + [0, 0, GRASP_HEIGHT], RIGHT_DOWN)),
+        Waypoint(2.4, 0.0, resolve=lambda sc: sc.tip("right")),
+        Waypoint(3.0, 0.0, resolve=lambda sc: _at(sc.tip("right").pos + [0, 0, 0.10], RIGHT_DOWN)),
+        Waypoint(4.2, 0.0, _at(MEET, RIGHT_HANDOVER)),
+        Waypoint(5.7, 0.0, _at(MEET, RIGHT_HANDOVER)),
+        Waypoint(6.2, 1.0, _at(MEET, RIGHT_HANDOVER)),
+        Waypoint(7.0, 1.0, _at(MEET - 0.10 * _D, RIGHT_HANDOVER)),
+        Waypoint(8.0, 1.0, _at(MEET - 0.10 * _D, RIGHT_HANDOVER)),
+    ]
+
+
+def _left_grip_target(scene: SceneView) -> Pose:
+    return _at(_cube(scene) + LEFT_REACH * _D, LEFT_HANDOVER)
+
+
+def _transfer_left(scene: SceneView) -> list[Waypoint]:
+    wait = MEET + 0.12 * _D
+    return [
+        Waypoint(3.0, 1.0, _at(wait, LEFT_HANDOVER)),
+        Waypoint(4.4, 1.0, _at(wait, LEFT_HANDOVER)),
+        Waypoint(5.1, 1.0, resolve=_left_grip_target),
+        Waypoint(5.6, 0.0, resolve=lambda sc: sc.tip("left")),
+        Waypoint(6.2, 0.0, resolve=lambda sc: sc.tip("left")),
+        Waypoint(7.0, 0.0, resolve=lambda sc: _at(sc.tip("left").pos + 0.06 * _D, LEFT_HANDOVER)),
+        Waypoint(8.0, 0.0, resolve=lambda sc: sc.tip("left")),
+    ]
+
+
+TRANSFER_CUBE = {"left": _transfer_left, "right": _transfer_right}
+
+
+# -- insertion ----------------------------------------------------------------------------------
+def _insertion_right(scene: SceneView) -> list[Waypoint]:
+    p = scene.body_pos("peg")
+    return [
+        Waypoint(1.2, 1.0, _at(p + [0, 0, 0.10], RIGHT_DOWN)),
+        Waypoint(1.9, 1.0, resolve=lambda sc: _at(sc.body_pos("peg") + [0, 0, -0.005], RIGHT_DOWN)),
+        Waypoint(2.4, 0.0, resolve=lambda sc: sc.tip("right")),
+        Waypoint(3.2, 0.0, resolve=lambda sc: _at(sc.tip("right").pos + [0, 0, 0.15], RIGHT_DOWN)),
+        Waypoint(4.4, 0.0, resolve=lambda sc: _peg_goal(sc, 0.07)),
+        Waypoint(5.6, 0.0, resolve=lambda sc: _peg_goal(sc, 0.0)),
+        Waypoint(8.0, 0.0, resolve=lambda sc: _peg_goal(sc, -0.02)),
+    ]
+
+
+def _insertion_left(scene: SceneView) -> list[Waypoint]:
+    s = scene.body_pos("socket")
+    return [
+        Waypoint(1.2, 1.0, _at(s + [0, 0, 0.10], LEFT_DOWN)),
+        Waypoint(1.9, 1.0, resolve=lambda sc: _at(sc.body_pos("socket") + [0, 0, -0.005], LEFT_DOWN)),
+        Waypoint(2.4, 0.0, resolve=lambda sc: sc.tip("left")),
+        Waypoint(3.2, 0.0, resolve=lambda sc: _at(sc.tip("left").pos + [0, 0, 0.15], LEFT_DOWN)),
+        Waypoint(4.4, 0.0, resolve=lambda sc: _socket_goal(sc)),
+        Waypoint(8.0, 0.0, resolve=lambda sc: sc.tip("left")),
+    ]
+
+
+SOCKET_AT = np.array([-0.08, 0.5, 0.22])
+
+
+def _socket_goal(scene: SceneView) -> Pose:
+    """Left fingertip pose that brings the socket's centre to SOCKET_AT."""
+    tip = scene.tip("left")
+    offset = scene.body_pos("socket") - tip.pos
+    return _at(SOCKET_AT - offset, LEFT_DOWN)
+
+
+def _peg_goal(scene: SceneView, gap: float) -> Pose:
+    """Right fingertip pose that puts the peg's left end `gap` metres right of the socket mouth
+    (negative: inside), aligned with the socket's axis, wherever the socket is now."""
+    tip = scene.tip("right")
+    offset = scene.body_pos("peg") - tip.pos
+    socket = scene.body_pos("socket")
+    # the socket is 12 cm long, the peg 12 cm: peg centre = socket centre + 6 + 6 cm + gap
+    peg_centre = socket + [0.12 + gap, 0, 0]
+    return _at(peg_centre - offset, RIGHT_DOWN)
+
+
+INSERTION = {"left": _insertion_left, "right": _insertion_right}
