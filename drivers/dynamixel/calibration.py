@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -56,6 +57,22 @@ class ArmCalibration:
     gripper_open: int
     gripper_closed: int
     version: int = FORMAT_VERSION
+
+    @classmethod
+    def nominal(cls, arm: ArmConfig, gripper_open: int = ct.CENTER_TICKS + 1024,
+                gripper_closed: int = ct.CENTER_TICKS) -> "ArmCalibration":
+        """The calibration of servos assembled at their zero (homing offset 0, no reversal,
+        range from the config's joint limits): an emulated or simulated arm."""
+        joints = {}
+        for j in arm.joints:
+            if j.name == "gripper":
+                lo, hi = sorted((gripper_open, gripper_closed))
+            else:
+                lo = math.floor(j.min / ct.RAD_PER_TICK) + ct.CENTER_TICKS
+                hi = math.ceil(j.max / ct.RAD_PER_TICK) + ct.CENTER_TICKS
+            joints[j.name] = JointCalibration(id=j.id, model=j.model, range_min=lo, range_max=hi)
+        return cls(arm=arm.name, joints=joints, gripper_open=gripper_open,
+                   gripper_closed=gripper_closed)
 
     # -- file --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
