@@ -64,13 +64,15 @@ class Pose:
 
 @dataclass
 class Waypoint:
-    """Reach `pose` (or what `resolve(scene)` returns when the segment begins) with the gripper
-    at `gripper` by `t` seconds into the episode."""
+    """Reach `pose` (or what `resolve(scene)` returns when the segment begins; with `track`,
+    what it returns at every step) with the gripper at `gripper` by `t` seconds into the
+    episode."""
 
     t: float
     gripper: float
     pose: Pose | None = None
     resolve: Callable[["SceneView"], Pose] | None = None
+    track: bool = False
 
 
 class SceneView:
@@ -172,6 +174,8 @@ class ArmScript:
             wp = self.waypoints[self.k]
             self.goal = wp.resolve(scene) if wp.resolve is not None else wp.pose
         wp = self.waypoints[self.k]
+        if wp.track and wp.resolve is not None:
+            self.goal = wp.resolve(scene)
         span = max(wp.t - self.t_start, 1e-9)
         s = min_jerk((t - self.t_start) / span)
         pos = (1 - s) * self.start.pos + s * self.goal.pos
@@ -297,9 +301,10 @@ def _insertion_right(scene: SceneView) -> list[Waypoint]:
         Waypoint(1.9, 1.0, resolve=lambda sc: _at(sc.body_pos("peg") + [0, 0, -0.005], RIGHT_DOWN)),
         Waypoint(2.4, 0.0, resolve=lambda sc: sc.tip("right")),
         Waypoint(3.2, 0.0, resolve=lambda sc: _at(sc.tip("right").pos + [0, 0, 0.15], RIGHT_DOWN)),
-        Waypoint(4.4, 0.0, resolve=lambda sc: _peg_goal(sc, 0.07)),
-        Waypoint(5.6, 0.0, resolve=lambda sc: _peg_goal(sc, 0.0)),
-        Waypoint(8.0, 0.0, resolve=lambda sc: _peg_goal(sc, -0.02)),
+        Waypoint(4.4, 0.0, resolve=lambda sc: _peg_goal(sc, 0.05), track=True),
+        Waypoint(5.2, 0.0, resolve=lambda sc: _peg_goal(sc, 0.01), track=True),
+        Waypoint(6.3, 0.0, resolve=lambda sc: _peg_goal(sc, -0.026)),
+        Waypoint(8.0, 0.0, resolve=lambda sc: sc.tip("right")),
     ]
 
 
@@ -326,14 +331,17 @@ def _socket_goal(scene: SceneView) -> Pose:
 
 
 def _peg_goal(scene: SceneView, gap: float) -> Pose:
-    """Right fingertip pose that puts the peg's left end `gap` metres right of the socket mouth
-    (negative: inside), aligned with the socket's axis, wherever the socket is now."""
+    """Right fingertip pose that puts the peg's left end on the socket's axis, `gap` metres
+    outside its right mouth (negative: inside), wherever the socket and the peg in hand are now."""
     tip = scene.tip("right")
-    offset = scene.body_pos("peg") - tip.pos
-    socket = scene.body_pos("socket")
-    # the socket is 12 cm long, the peg 12 cm: peg centre = socket centre + 6 + 6 cm + gap
-    peg_centre = socket + [0.12 + gap, 0, 0]
-    return _at(peg_centre - offset, RIGHT_DOWN)
+    peg_end = scene.body_pos("peg") - PEG_HALF * scene.body_mat("peg")[:, 0]
+    axis = scene.body_mat("socket")[:, 0]
+    mouth = scene.body_pos("socket") + SOCKET_HALF * axis
+    return _at(tip.pos + (mouth + gap * axis - peg_end), RIGHT_DOWN)
+
+
+PEG_HALF = 0.06  # half length of gym-aloha's peg (red_peg box size 0.06 0.01 0.01)
+SOCKET_HALF = 0.06  # half length of its socket walls
 
 
 INSERTION = {"left": _insertion_left, "right": _insertion_right}
