@@ -17,7 +17,7 @@ from drivers import layout
 from drivers.clock import now
 from drivers.config import ArmConfig, RigConfig
 from drivers.dynamixel.arm import DynamixelArm, FollowerArm, LeaderArm
-from drivers.errors import ConfigError, ConnectionFailed
+from drivers.errors import ConfigError, ConnectionFailed, ServoFault
 from drivers.rig import Rig, RigState
 
 
@@ -47,6 +47,7 @@ class HardwareRig(Rig):
                                                latency_timer_ms=latency_timer_ms)
         self._pool: ThreadPoolExecutor | None = None
         self._connected = False
+        self.fault: ServoFault | None = None  # set by a servo fault; cleared by a new connect
 
     def _calibration_path(self, arm: ArmConfig):
         if not arm.calibration:
@@ -82,6 +83,7 @@ class HardwareRig(Rig):
             self._pool = ThreadPoolExecutor(max_workers=len(self.arms),
                                             thread_name_prefix="rig-bus")
         self._connected = True
+        self.fault = None
         self._estopped.clear()
 
     def _start_cameras(self) -> None:
@@ -156,7 +158,11 @@ class HardwareRig(Rig):
         else:
             def read_arm(arm):
                 return {"position": arm.read()}
-        out = self._each(followers + leaders, read_arm)
+        try:
+            out = self._each(followers + leaders, read_arm)
+        except ServoFault as e:
+            self._on_fault(e)
+            raise
         t = now()
         state = RigState(t=t, follower=layout.join(out[0]["position"], out[1]["position"]))
         if leaders:
@@ -166,12 +172,30 @@ class HardwareRig(Rig):
             state.follower_current = layout.join(out[0]["current"], out[1]["current"])
         return state
 
+    def _on_fault(self, e: ServoFault) -> None:
+        """A servo fault: that arm has dropped its torque (FollowerArm does it); the rest hold and
+        commands are refused until the rig is connected again."""
+        self.fault = e
+        try:
+            self.hold()
+        except Exception:
+            pass
+
     def _write_targets(self, q: np.ndarray) -> None:
         self._require()
+        if self.fault is not None:
+            e = ServoFault(f"commands refused after a servo fault: {self.fault} Then disconnect "
+                           f"and connect the rig again.")
+            e.servo_id, e.bus, e.bits = (getattr(self.fault, k, None)
+                                         for k in ("servo_id", "bus", "bits"))
+            raise e
         parts = layout.split(q)
         arms = [self.followers[s] for s in layout.SIDES]
         try:
             self._each(arms, lambda a: a.write(parts[a.config.side]))
+        except ServoFault as e:
+            self._on_fault(e)
+            raise
         except BaseException:
             try:
                 self.hold()
@@ -180,7 +204,13 @@ class HardwareRig(Rig):
             raise
 
     def hold(self) -> None:
-        self._each([f for f in self.followers.values() if f.bus.is_open], FollowerArm.hold)
+        """Goal := present on every follower that still has torque (a faulted arm is skipped)."""
+        def hold_arm(arm: FollowerArm) -> None:
+            try:
+                arm.hold()
+            except ServoFault:
+                pass  # that arm has just dropped its torque; nothing to hold
+        self._each([f for f in self.followers.values() if f.bus.is_open], hold_arm)
 
     def torque_off(self) -> None:
         self._each([f for f in self.followers.values() if f.bus.is_open], FollowerArm.torque_off)

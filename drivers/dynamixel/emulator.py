@@ -570,8 +570,14 @@ class DynamixelEmulator:
 
 
 # -- a chain in its own process ---------------------------------------------------------------
-def _child(servos, baud, wire_time, conn) -> None:
-    emu = DynamixelEmulator(servos, baud=baud, wire_time=wire_time).start()
+def _child(servos, baud, wire_time, return_delay, conn) -> None:
+    chain = []
+    for sid, model in servos:
+        s = EmulatedServo(sid, model, baud=baud)
+        if return_delay is not None:
+            s.set("Return_Delay_Time", return_delay)
+        chain.append(s)
+    emu = DynamixelEmulator(chain, baud=baud, wire_time=wire_time).start()
     conn.send(emu.port)
     try:
         conn.recv()  # anything, or EOF when the parent goes away, stops the chain
@@ -585,8 +591,8 @@ class EmulatorProcess:
     Only the port is exposed; inspect and inject faults with the in-process emulator."""
 
     def __init__(self, servos: Iterable[tuple[int, str]], *, baud: int = 1_000_000,
-                 wire_time: bool = True):
-        self._args = (list(servos), baud, wire_time)
+                 wire_time: bool = True, return_delay: int | None = None):
+        self._args = (list(servos), baud, wire_time, return_delay)
         self._proc: multiprocessing.Process | None = None
         self._conn = None
         self.port = ""
@@ -632,5 +638,76 @@ def arm_chain(models: Iterable[str], ids: Iterable[int] | None = None,
     return [EmulatedServo(i, m, position=round(p)) for i, m, p in zip(ids, models, positions)]
 
 
-__all__ = ["DynamixelEmulator", "EmulatorProcess", "EmulatedServo", "arm_chain", "crc16",
-           "build_packet"]
+class EmulatedRig:
+    """Emulated buses for every arm of a rig config, one chain per arm as on ALOHA.
+
+        with EmulatedRig(load_rig_config("aloha"), tmp_dir) as er:
+            rig = HardwareRig(er.config)      # ports point at the emulators
+            er.emulators["left_follower"].hardware_error(4)
+
+    Each arm gets a nominal calibration file in `calibration_dir` (servos assembled at their
+    zero), its servos Return_Delay_Time 0 unless `return_delay` says otherwise, and the config's
+    cameras are dropped unless `keep_cameras`. With `processes=True` each chain runs in its own
+    process (no fault injection or inspection then)."""
+
+    def __init__(self, config, calibration_dir, *, processes: bool = False,
+                 keep_cameras: bool = False, return_delay: int = 0, wire_time: bool = True):
+        self.source_config = config
+        self.calibration_dir = calibration_dir
+        self.processes = processes
+        self.keep_cameras = keep_cameras
+        self.return_delay = return_delay
+        self.wire_time = wire_time
+        self.emulators: dict[str, DynamixelEmulator | EmulatorProcess] = {}
+        self.config = None
+
+    def start(self) -> "EmulatedRig":
+        import dataclasses
+        from pathlib import Path
+
+        from drivers.dynamixel.calibration import ArmCalibration
+
+        arms = []
+        try:
+            for arm in self.source_config.arms:
+                servos = []
+                for j in arm.joints:
+                    s = EmulatedServo(j.id, j.model, baud=arm.baud)
+                    s.set("Return_Delay_Time", self.return_delay)
+                    servos.append(s)
+                if self.processes:
+                    emu = EmulatorProcess([(j.id, j.model) for j in arm.joints], baud=arm.baud,
+                                          wire_time=self.wire_time, return_delay=self.return_delay)
+                else:
+                    emu = DynamixelEmulator(servos, baud=arm.baud, wire_time=self.wire_time)
+                self.emulators[arm.name] = emu.start()
+                path = Path(self.calibration_dir) / f"{arm.name}.json"
+                ArmCalibration.nominal(arm).save(path)
+                arms.append(dataclasses.replace(arm, port=emu.port, calibration=str(path)))
+        except BaseException:
+            self.stop()
+            raise
+        self.config = dataclasses.replace(
+            self.source_config, arms=tuple(arms),
+            cameras=self.source_config.cameras if self.keep_cameras else ())
+        return self
+
+    def stop(self) -> None:
+        for emu in self.emulators.values():
+            emu.stop()
+        self.emulators.clear()
+
+    def __enter__(self) -> "EmulatedRig":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def torque(self) -> dict[str, dict[int, bool]]:
+        """{arm: {id: torque on}} read from the emulated control tables."""
+        return {name: emu.torque_map() for name, emu in self.emulators.items()
+                if isinstance(emu, DynamixelEmulator)}
+
+
+__all__ = ["DynamixelEmulator", "EmulatorProcess", "EmulatedRig", "EmulatedServo", "arm_chain",
+           "crc16", "build_packet"]
