@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
 from app.core.rig_session import RigSession
 from app.qt import theme
+from drivers.clock import now
 
 ESTOP_KEY = QKeySequence(Qt.Key.Key_Escape)
 
@@ -55,6 +56,7 @@ class EStopBar(QWidget):
         lay.addWidget(self.release_button)
         lay.addWidget(self.state)
         lay.addStretch(1)
+        self.latency_s = float("nan")  # how long the last stop took to apply
         self.show_state(False)
 
     def install_shortcut(self, window: QWidget) -> QShortcut:
@@ -67,8 +69,12 @@ class EStopBar(QWidget):
         return sc
 
     def stop(self, source: str) -> None:
-        self.session.estop()
-        self.show_state(True)
+        t0 = now()
+        try:
+            self.session.estop()
+        finally:
+            self.latency_s = now() - t0  # press handled -> commands refused, followers stopped
+            self.show_state(self.session.rig.estopped)
         self.triggered.emit(source)
 
     def release(self) -> None:

@@ -24,6 +24,7 @@ from drivers.clock import now
 
 POLL_MS = 33  # ~30 Hz: cameras, plots, readouts, status bar
 AUTO_ENGAGE_KEY = "rig/auto_engage_sim"
+LOOP_EPISODES_KEY = "rig/loop_episodes_sim"
 
 
 def settings() -> QSettings:
@@ -101,6 +102,16 @@ class MainWindow(QMainWindow):
         self.auto_engage_action.toggled.connect(
             lambda on: self._settings.setValue(AUTO_ENGAGE_KEY, on))
         rig_menu.addAction(self.auto_engage_action)
+        self.loop_action = QAction("Start a new episode when one ends (sim rig only)", self)
+        self.loop_action.setCheckable(True)
+        self.loop_action.setChecked(bool(self._settings.value(LOOP_EPISODES_KEY, True, type=bool)))
+        self.loop_action.toggled.connect(self._set_loop)
+        rig_menu.addAction(self.loop_action)
+        self._set_loop(self.loop_action.isChecked())
+
+    def _set_loop(self, on: bool) -> None:
+        self._settings.setValue(LOOP_EPISODES_KEY, on)
+        self.rig_panel.loop_episodes = on and self.session.config.kind == "sim"
 
     def _build_status_bar(self) -> None:
         sb = self.statusBar()

@@ -66,17 +66,29 @@ class TeleopControls(QGroupBox):
 
 
 class TaskStatus(QGroupBox):
-    """The sim task's reward and success, from RigState.info."""
+    """The sim task from RigState.info: task and seed, episode time, reward, success; and the
+    button that starts a new episode."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__("Task", parent)
+        self.episode = QLabel("—")
         self.reward = QLabel("—")
         self.success = QLabel("—")
+        self.new_episode_button = QPushButton("New episode")
+        self.new_episode_button.setToolTip("Reset the scene with the next seed; the scripted "
+                                           "operator starts the task again.")
         form = QFormLayout(self)
+        form.addRow("episode", self.episode)
         form.addRow("reward", self.reward)
         form.addRow("success", self.success)
+        form.addRow(self.new_episode_button)
 
-    def show_info(self, info: dict) -> None:
+    def show_info(self, info: dict, episode_seconds: float | None) -> None:
+        t = info.get("sim_time")
+        if t is not None:
+            length = f" / {episode_seconds:.1f}" if episode_seconds else ""
+            self.episode.setText(f"{info.get('task', '')} seed {info.get('seed', '—')}, "
+                                 f"{t:.1f}{length} s")
         r = info.get("reward")
         max_r = info.get("max_reward")
         if r is None:
@@ -157,6 +169,9 @@ class RigPanel(QWidget):
         self.teleop.disengage_button.clicked.connect(self.session.disengage)
         self.task = TaskStatus()
         self.task.setVisible(cfg.kind == "sim")
+        self.task.new_episode_button.clicked.connect(self.new_episode)
+        self.loop_episodes = cfg.kind == "sim"  # start the next episode when one ends
+        self._looped_seed: object = None
         self.joints = JointTable()
         self.sections = QTabWidget()
         self.sections.addTab(self.joints, "Joints")
@@ -198,6 +213,17 @@ class RigPanel(QWidget):
         except (ValueError, AssertionError) as e:
             self.error.emit("Cannot engage teleop", str(e))
 
+    def new_episode(self) -> None:
+        """Sim rig: reset the scene with the next seed. Teleop is disengaged for the reset (the
+        arms jump back to the start pose) and engaged again if it was on, through the ramp."""
+        if self.session.config.kind != "sim" or self.session.rig.estopped:
+            return
+        was_on = self.session.status().teleop in ("ramping", "engaged")
+        self.session.disengage()
+        self.session.rig.reset()
+        if was_on:
+            self.engage()
+
     # -- view ------------------------------------------------------------------------------
     def refresh(self, st: SessionStatus) -> None:
         """Update from the session (GUI thread, ~30 Hz)."""
@@ -208,10 +234,22 @@ class RigPanel(QWidget):
         if rec is not None:
             if self._tick % 3 == 0 or self.joints.value(0, "left follower") == "—":
                 self.joints.show_state(rec.state.follower, rec.state.leader)
-            self.task.show_info(rec.state.info)
+            self._show_task(rec.state.info, st)
             self.plots.refresh()
         if st.running:
             self._refresh_cameras(st)
+
+    def _show_task(self, info: dict, st: SessionStatus) -> None:
+        if self.session.config.kind != "sim":
+            return
+        sim = self.session.config.sim
+        self.task.show_info(info, sim.episode_seconds if sim else None)
+        self.task.new_episode_button.setEnabled(st.running and not st.estopped)
+        seed = info.get("seed")
+        if (self.loop_episodes and info.get("done") and st.running and not st.estopped
+                and seed != self._looped_seed):
+            self._looped_seed = seed
+            self.new_episode()
 
     def _refresh_cameras(self, st: SessionStatus) -> None:
         frames = self.session.frames()
