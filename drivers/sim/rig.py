@@ -362,8 +362,10 @@ class SimRig(Rig):
 
     def read(self) -> RigState:
         if self._error is not None:
-            raise RigError(f"the sim rig's physics or render thread failed: {self._error!r}; disconnect and "
-                f"connect again")
+            raise RigError(
+                f"the sim rig's physics or render thread failed: {self._error!r}; "
+                f"disconnect and connect again"
+            )
         with self._lock:
             qpos = self.data.qpos
             qvel = self.data.qvel
