@@ -117,9 +117,11 @@ class Teleop:
         if self.last_command is None:
             self.last_command = st.follower.copy()
         if self.state is TeleopState.RAMPING:
+            # The ramp is done once the commanded pose has caught up with the leader pose; from
+            # then on the followers track the leaders and the gap check guards them.
             cmd = ramp_step(self.last_command, target, self.ramp_delta)
-            remaining, _ = joint_gap(target, st.follower)
-            if remaining <= self.safety.ramp_tolerance_rad and np.allclose(cmd, target):
+            remaining, _ = joint_gap(target, cmd)
+            if remaining <= self.safety.ramp_tolerance_rad:
                 self.state = TeleopState.ENGAGED
         else:
             gap, joint = joint_gap(target, st.follower)
