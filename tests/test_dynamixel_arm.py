@@ -22,8 +22,7 @@ RIG = load_rig_config("aloha")
 def make(role, emu, **changes):
     cfg = dataclasses.replace(RIG.arm(role, "left"), port=emu.port, **changes)
     cls = FollowerArm if role == "follower" else LeaderArm
-    return cls(cfg, ArmCalibration.nominal(cfg, gripper_open=2800, gripper_closed=1800),
-               latency_timer_ms=4)
+    return cls(cfg, ArmCalibration.nominal(cfg, gripper_open=2800, gripper_closed=1800))
 
 
 @pytest.fixture
@@ -120,7 +119,7 @@ def test_leader_torque_off_and_gripper_spring():
         joints = tuple(dataclasses.replace(j, model="XM430-W350") if j.name == "gripper" else j
                        for j in cfg.joints)
         cfg = dataclasses.replace(cfg, port=e2.port, joints=joints, gripper_spring_current=40)
-        spring = LeaderArm(cfg, ArmCalibration.nominal(cfg, 2800, 1800), latency_timer_ms=4)
+        spring = LeaderArm(cfg, ArmCalibration.nominal(cfg, 2800, 1800))
         spring.connect()
         try:
             torque = e2.torque_map()

@@ -33,8 +33,7 @@ def emu(arm_cfg):
 
 
 def bus_for(arm, port):
-    return DynamixelBus(port, [Motor(j.name, j.id, j.model) for j in arm.joints], name=arm.name,
-                        latency_timer_ms=4)
+    return DynamixelBus(port, [Motor(j.name, j.id, j.model) for j in arm.joints], name=arm.name)
 
 
 def run_workflow(emu, arm, reverse=frozenset()):
@@ -74,7 +73,7 @@ def test_workflow_round_trip(tmp_path, emu, arm_cfg):
     again = load_calibration(path, "left_follower")
     assert again == cal
     # the follower connects with it: zero pose reads 0 rad, the gripper reads in 0..1
-    arm = FollowerArm(dataclasses.replace(arm_cfg, port=emu.port), path, latency_timer_ms=4)
+    arm = FollowerArm(dataclasses.replace(arm_cfg, port=emu.port), path)
     for i, t in raw_zero.items():
         emu.set_position(i, ct.CENTER_TICKS)  # wherever: shaft set so it reads 2048
     emu.set_position(9, 2250)
@@ -107,7 +106,7 @@ def test_servo_mismatch_is_reported_with_the_fix(tmp_path, emu, arm_cfg):
     cal, _, _ = run_workflow(emu, arm_cfg)
     path = cal.save(tmp_path / "left_follower.json")
     emu.set(6, "Homing_Offset", 77)  # the forearm servo was recalibrated elsewhere
-    arm = FollowerArm(dataclasses.replace(arm_cfg, port=emu.port), path, latency_timer_ms=4)
+    arm = FollowerArm(dataclasses.replace(arm_cfg, port=emu.port), path)
     with pytest.raises(ConfigError) as e:
         arm.connect()
     msg = str(e.value)

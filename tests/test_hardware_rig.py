@@ -37,7 +37,7 @@ def followers_on(er) -> bool:
 @pytest.mark.parametrize("parallel", [True, False])
 def test_read_command_disconnect(erig, parallel):
     erig.emulators["right_leader"].set_position(1, ct.CENTER_TICKS + 256)
-    rig = HardwareRig(erig.config, parallel=parallel, latency_timer_ms=4)
+    rig = HardwareRig(erig.config, parallel=parallel)
     assert isinstance(open_rig(erig.config), HardwareRig)
     with rig:
         assert rig.has_leaders and followers_on(erig)
@@ -64,7 +64,7 @@ def test_read_command_disconnect(erig, parallel):
 
 
 def test_velocity_and_current_on_request(erig):
-    with HardwareRig(erig.config, read_velocity_current=True, latency_timer_ms=4) as rig:
+    with HardwareRig(erig.config, read_velocity_current=True) as rig:
         st = rig.read()
         assert st.follower_velocity.shape == (14,) and st.follower_current.shape == (14,)
 
@@ -72,7 +72,7 @@ def test_velocity_and_current_on_request(erig):
 @pytest.mark.parametrize("failing", ["right_follower", "left_leader"])
 def test_connect_failing_midway_leaves_every_torque_off(erig, failing):
     erig.emulators[failing].silence(7)
-    rig = HardwareRig(erig.config, latency_timer_ms=4)
+    rig = HardwareRig(erig.config)
     with pytest.raises(ConnectionFailed) as e:
         rig.connect()
     assert "id 7 (wrist_angle)" in str(e.value) and failing in str(e.value)
@@ -81,7 +81,7 @@ def test_connect_failing_midway_leaves_every_torque_off(erig, failing):
 
 
 def test_read_failure_leaves_followers_holding(erig):
-    rig = HardwareRig(erig.config, latency_timer_ms=4)
+    rig = HardwareRig(erig.config)
     with rig:
         before = {i: erig.emulators["left_follower"].get(i, "Goal_Position") for i in (1, 2, 4)}
         erig.emulators["right_leader"].silence(2)
@@ -94,7 +94,7 @@ def test_read_failure_leaves_followers_holding(erig):
 
 
 def test_servo_fault_in_command_drops_that_arm_and_holds_the_other(erig):
-    rig = HardwareRig(erig.config, latency_timer_ms=4)
+    rig = HardwareRig(erig.config)
     with rig:
         q = rig.read().follower
         erig.emulators["right_follower"].hardware_error(4, 0x20)
@@ -121,7 +121,7 @@ def test_servo_fault_in_command_drops_that_arm_and_holds_the_other(erig):
 
 
 def test_estop_drops_follower_torque_and_refuses_commands(erig):
-    with HardwareRig(erig.config, latency_timer_ms=4) as rig:
+    with HardwareRig(erig.config) as rig:
         q = rig.read().follower
         rig.estop()
         assert not any(erig.torque()["left_follower"].values())
@@ -138,7 +138,7 @@ def test_missing_calibration_key_and_file(tmp_path, erig):
         HardwareRig(dataclasses.replace(erig.config, arms=arms))
     arms = tuple(dataclasses.replace(a, calibration=str(tmp_path / "none.json"))
                  if a.name == "right_follower" else a for a in erig.config.arms)
-    rig = HardwareRig(dataclasses.replace(erig.config, arms=arms), latency_timer_ms=4)
+    rig = HardwareRig(dataclasses.replace(erig.config, arms=arms))
     with pytest.raises(ConfigError, match="no calibration file.*--arm right_follower"):
         rig.connect()
     assert all_off(erig)
@@ -146,6 +146,6 @@ def test_missing_calibration_key_and_file(tmp_path, erig):
 
 def test_followers_only_rig(erig):
     arms = tuple(a for a in erig.config.arms if a.role == "follower")
-    with HardwareRig(dataclasses.replace(erig.config, arms=arms), latency_timer_ms=4) as rig:
+    with HardwareRig(dataclasses.replace(erig.config, arms=arms)) as rig:
         st = rig.read()
         assert not rig.has_leaders and st.leader is None

@@ -235,7 +235,8 @@ class DynamixelBus:
         with self.lock:
             for attempt in range(self.retries + 1):
                 data, result, err = self.packet.readTxRx(self._h(), servo_id, f.address, f.size)
-                if result == COMM_SUCCESS:
+                # a status without the data is a late answer to an earlier instruction: retry
+                if result == COMM_SUCCESS and (len(data) == f.size or err):
                     self._check_error(servo_id, err, f"reading {field}")
                     return ct.decode(f, data)
                 self.latency.retries += attempt < self.retries
@@ -308,7 +309,7 @@ class DynamixelBus:
         out = {}
         for i in ids:
             raw, result, err = self.packet.readRx(h, i, length)
-            if result != COMM_SUCCESS:
+            if result != COMM_SUCCESS or (len(raw) != length and not err):
                 h.is_using = False
                 return None
             out[i] = (err, raw)

@@ -22,14 +22,16 @@ buses at once.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import select
+import subprocess
+import sys
 import termios
 import threading
 import time
 import tty
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 from drivers.dynamixel import control_table as ct
@@ -116,6 +118,11 @@ class _Faults:
     silent: bool = False  # never answer (as if unplugged from the chain)
 
 
+# name -> (start, end, signed, mask): the hot path of register access
+_SPANS = {f.name: (f.address, f.address + f.size, f.signed, (1 << (8 * f.size)) - 1)
+          for f in ct.FIELDS.values()}
+
+
 class EmulatedServo:
     """One servo: its control-table memory and its motion."""
 
@@ -128,6 +135,7 @@ class EmulatedServo:
         self.velocity = 0.0  # ticks/s
         self.faults = _Faults()
         self.speed_scale = 1.0
+        self._update_present()
 
     def _defaults(self, servo_id: int, baud: int, keep: tuple[str, ...] = ()) -> None:
         kept = {name: self.get(name) for name in keep} if any(self.mem) else {}
@@ -154,12 +162,12 @@ class EmulatedServo:
         return self.mem[7]
 
     def get(self, name: str) -> int:
-        f = ct.FIELDS[name]
-        return ct.decode(f, self.mem, f.address)
+        a, b, signed, _ = _SPANS[name]
+        return int.from_bytes(self.mem[a:b], "little", signed=signed)
 
     def set(self, name: str, value: int) -> None:
-        f = ct.FIELDS[name]
-        self.mem[f.address:f.address + f.size] = ct.encode(f, value)
+        a, b, _, mask = _SPANS[name]
+        self.mem[a:b] = (int(value) & mask).to_bytes(b - a, "little")
 
     @property
     def baud(self) -> int:
@@ -194,13 +202,17 @@ class EmulatedServo:
     def advance(self, dt: float) -> None:
         if dt <= 0:
             return
+        if not self.torque and self.velocity == 0.0:
+            return  # at rest with torque off: nothing changes until something back-drives it
         before = self.angle
         if self.torque:
+            err = self.goal_angle() - self.angle
+            if err == 0.0 and self.velocity == 0.0:
+                return  # holding exactly at the goal
             max_speed = self.model.no_load_speed_rpm / 60 * ct.TICKS_PER_REV * self.speed_scale
             pv = self.get("Profile_Velocity")
             if pv > 0:
                 max_speed = min(max_speed, pv * ct.VELOCITY_UNIT_RPM / 60 * ct.TICKS_PER_REV)
-            err = self.goal_angle() - self.angle
             step = max_speed * dt
             self.angle += max(-step, min(step, err))
         self.velocity = (self.angle - before) / dt
@@ -304,6 +316,7 @@ class DynamixelEmulator:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._t_last = time.monotonic()
+        self._wire_free = 0.0  # when the bytes already sent have left the wire
         self.port = ""
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -476,8 +489,9 @@ class DynamixelEmulator:
                     reply = self._unicast(s, inst, params)
                     if reply is not None:
                         replies.append((s, reply))
-        # wire time: the instruction's bytes, then each status packet after its return delay
-        t = t_rx + len(raw) * byte_s
+        # wire time: the instruction's bytes (after whatever is still on the wire, e.g. a sync
+        # write just before), then each status packet after its return delay
+        t = max(t_rx, self._wire_free) + len(raw) * byte_s
         for servo, status in replies:
             if self.wire_time and byte_s:
                 t += servo.get("Return_Delay_Time") * ct.RETURN_DELAY_UNIT_S + len(status) * byte_s
@@ -495,6 +509,7 @@ class DynamixelEmulator:
                 os.write(self._master, status)
             except OSError:
                 return
+        self._wire_free = t if self.wire_time else 0.0
 
     def _status(self, s: EmulatedServo, err: int, params: bytes = b"") -> bytes:
         return build_packet(s.id, INST_STATUS, bytes([err | s.error_byte]) + params)
@@ -570,56 +585,50 @@ class DynamixelEmulator:
 
 
 # -- a chain in its own process ---------------------------------------------------------------
-def _child(servos, baud, wire_time, return_delay, conn) -> None:
-    chain = []
-    for sid, model in servos:
-        s = EmulatedServo(sid, model, baud=baud)
-        if return_delay is not None:
-            s.set("Return_Delay_Time", return_delay)
-        chain.append(s)
-    emu = DynamixelEmulator(chain, baud=baud, wire_time=wire_time).start()
-    conn.send(emu.port)
-    try:
-        conn.recv()  # anything, or EOF when the parent goes away, stops the chain
-    except (EOFError, OSError):
-        pass
-    emu.stop()
-
-
 class EmulatorProcess:
-    """A DynamixelEmulator in a child process, so that several buses do not share one GIL.
-    Only the port is exposed; inspect and inject faults with the in-process emulator."""
+    """A DynamixelEmulator in a child process (`python -m drivers.dynamixel.emulator`), so that
+    several buses do not share one GIL. Only the port is exposed; inspect and inject faults with
+    the in-process emulator. The child exits when its stdin closes, so it never outlives us."""
 
     def __init__(self, servos: Iterable[tuple[int, str]], *, baud: int = 1_000_000,
                  wire_time: bool = True, return_delay: int | None = None):
-        self._args = (list(servos), baud, wire_time, return_delay)
-        self._proc: multiprocessing.Process | None = None
-        self._conn = None
+        self.servos = list(servos)
+        self.baud = baud
+        self.wire_time = wire_time
+        self.return_delay = return_delay
+        self._proc: subprocess.Popen | None = None
         self.port = ""
 
     def start(self) -> "EmulatorProcess":
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(*self._args, child), daemon=True)
-        self._proc.start()
-        child.close()
-        if not parent.poll(30):
-            self._proc.kill()
-            raise RuntimeError("the emulator process did not start within 30 s")
-        self.port = parent.recv()
-        self._conn = parent
+        root = Path(__file__).resolve().parents[2]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+        cmd = [sys.executable, "-m", "drivers.dynamixel.emulator", "--baud", str(self.baud),
+               "--servos", ",".join(f"{i}:{m}" for i, m in self.servos)]
+        if self.return_delay is not None:
+            cmd += ["--return-delay", str(self.return_delay)]
+        if not self.wire_time:
+            cmd.append("--no-wire-time")
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      cwd=root, env=env, text=True)
+        ready, _, _ = select.select([self._proc.stdout], [], [], 30)
+        line = self._proc.stdout.readline().strip() if ready else ""
+        if not line.startswith("/dev/"):
+            self.stop()
+            raise RuntimeError(f"the emulator process did not start ({line or 'no output'})")
+        self.port = line
         return self
 
     def stop(self) -> None:
         if self._proc is None:
             return
         try:
-            self._conn.send("stop")
-        except OSError:
-            pass
-        self._proc.join(timeout=5)
-        if self._proc.is_alive():
+            self._proc.stdin.close()
+            self._proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
             self._proc.kill()
+            self._proc.wait()
+        self._proc.stdout.close()
         self._proc = None
 
     def __enter__(self) -> "EmulatorProcess":
@@ -627,6 +636,29 @@ class EmulatorProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Serve an emulated Dynamixel chain on a pty; prints "
+                                "the port, runs until stdin closes.")
+    p.add_argument("--servos", required=True, help="id:model,... e.g. 1:XM430-W350,2:XM540-W270")
+    p.add_argument("--baud", type=int, default=1_000_000)
+    p.add_argument("--return-delay", type=int, default=None)
+    p.add_argument("--no-wire-time", action="store_true")
+    args = p.parse_args(argv)
+    chain = []
+    for item in args.servos.split(","):
+        sid, model = item.split(":")
+        s = EmulatedServo(int(sid), model, baud=args.baud)
+        if args.return_delay is not None:
+            s.set("Return_Delay_Time", args.return_delay)
+        chain.append(s)
+    with DynamixelEmulator(chain, baud=args.baud, wire_time=not args.no_wire_time) as emu:
+        print(emu.port, flush=True)
+        sys.stdin.read()  # until EOF: the parent closed our stdin or went away
+    return 0
 
 
 def arm_chain(models: Iterable[str], ids: Iterable[int] | None = None,
@@ -663,7 +695,6 @@ class EmulatedRig:
 
     def start(self) -> "EmulatedRig":
         import dataclasses
-        from pathlib import Path
 
         from drivers.dynamixel.calibration import ArmCalibration
 
@@ -711,3 +742,7 @@ class EmulatedRig:
 
 __all__ = ["DynamixelEmulator", "EmulatorProcess", "EmulatedRig", "EmulatedServo", "arm_chain",
            "crc16", "build_packet"]
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
