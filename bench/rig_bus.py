@@ -78,7 +78,8 @@ def teleop_cycles(quick: bool) -> list[Figure]:
     lat = np.concatenate(latencies) * 1e3
     for q in (50, 99):
         figures.append(Figure(
-            bench=BENCH, name=f"arm_read_latency_p{q}", value=round(float(np.percentile(lat, q)), 3),
+            bench=BENCH, name=f"arm_read_latency_p{q}",
+            value=round(float(np.percentile(lat, q)), 3),
             unit="ms", goal="<= 5" if q == 50 else "", anchor=ANCHOR,
             met=bool(np.percentile(lat, q) <= 5.0) if q == 50 else None,
             detail={"reads": int(lat.size), "what": "one 7-servo sync read of Present_Position "

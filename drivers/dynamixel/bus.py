@@ -1,6 +1,6 @@
 """One Dynamixel bus (a U2D2 and its servo chain) on dynamixel-sdk, Protocol 2.0.
 
-    bus = DynamixelBus("/dev/serial/by-id/usb-FTDI_...", motors, baud=1_000_000, name="left_follower")
+    bus = DynamixelBus("/dev/serial/by-id/usb-FTDI_...", motors, name="left_follower")
     bus.open(); bus.verify()                         # every id answers with the configured model
     state = bus.sync_read(("Present_Position",))     # {"Present_Position": {id: ticks}}
     bus.sync_write("Goal_Position", {1: 2048, ...})

@@ -97,7 +97,7 @@ STATE_BLOCK = (FIELDS["Present_Current"].address, 10)
 class Model:
     name: str
     number: int
-    current_unit_ma: float | None  # Present_Current unit; None where the model has no current sensing
+    current_unit_ma: float | None  # Present_Current unit (mA); None: no current sensing
     current_limit_max: int  # upper bound of Current_Limit (0 where there is none)
     no_load_speed_rpm: float  # at the recommended voltage: the emulator's speed limit
     firmware: int = 48
