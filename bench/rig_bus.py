@@ -87,10 +87,6 @@ def teleop_cycles(quick: bool) -> list[Figure]:
     return figures
 
 
-def run(quick: bool = False) -> list[Figure]:
-    return teleop_cycles(quick)
-
-
 if __name__ == "__main__":
     from app.cli.output import emit_json
 

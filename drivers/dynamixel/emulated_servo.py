@@ -9,6 +9,7 @@ turn in position mode. Used by drivers.dynamixel.emulator, which puts a chain of
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from drivers.dynamixel import control_table as ct
@@ -24,6 +25,12 @@ class _Faults:
 # name -> (start, end, signed, mask): the hot path of register access
 _SPANS = {f.name: (f.address, f.address + f.size, f.signed, (1 << (8 * f.size)) - 1)
           for f in ct.FIELDS.values()}
+
+
+@functools.lru_cache(maxsize=256)
+def _touched(start: int, end: int) -> tuple[ct.Field, ...]:
+    """The fields a write of bytes start..end overlaps."""
+    return tuple(f for f in ct.FIELDS.values() if f.address < end and start < f.address + f.size)
 
 
 class EmulatedServo:
@@ -143,8 +150,7 @@ class EmulatedServo:
         end = address + len(data)
         if address < 0 or end > ct.TABLE_SIZE or not data:
             return ct.ERR_DATA_LENGTH
-        touched = [f for f in ct.FIELDS.values()
-                   if f.address < end and address < f.address + f.size]
+        touched = _touched(address, end)
         for f in touched:
             if not f.writable:
                 return ct.ERR_ACCESS
@@ -167,9 +173,10 @@ class EmulatedServo:
                     return ct.ERR_DATA_LIMIT
             if f.name == "Torque_Enable" and v and self.get("Hardware_Error_Status"):
                 return ct.ERR_RESULT_FAIL  # torque stays off until a reboot clears the fault
-        # Homing_Offset / Drive_Mode writes do not move the shaft; they change what it reads
         self.mem[:] = new
-        self._update_present()
+        if any(f.address < 64 or f.name == "Torque_Enable" for f in touched):
+            # offset, direction, mode or torque: the shaft has not moved, what it reads has
+            self._update_present()
         return 0
 
     def read(self, address: int, length: int) -> tuple[int, bytes]:

@@ -42,6 +42,7 @@ INST_FACTORY_RESET, INST_REBOOT = 0x06, 0x08
 INST_STATUS, INST_SYNC_READ, INST_SYNC_WRITE = 0x55, 0x82, 0x83
 HEADER = b"\xff\xff\xfd\x00"
 BITS_PER_BYTE = 10  # start + 8 data + stop
+USB_BATCH_S = 1e-3  # status packets due within this window reach the host together
 
 
 def _crc_table() -> list[int]:
@@ -305,26 +306,44 @@ class DynamixelEmulator:
                     if reply is not None:
                         replies.append((s, reply))
         # wire time: the instruction's bytes (after whatever is still on the wire, e.g. a sync
-        # write just before), then each status packet after its return delay
+        # write just before), then each status packet after its return delay. Packets reach the
+        # host in batches, as a USB serial adapter delivers them (latency timer 1 ms): each batch
+        # when its last packet has left the wire, never earlier.
         t = max(t_rx, self._wire_free) + len(raw) * byte_s
-        for servo, status in replies:
-            if self.wire_time and byte_s:
+        timed = self.wire_time and byte_s > 0
+        batch: list[bytes] = []
+        batch_start = None
+        for k, (servo, status) in enumerate(replies):
+            if timed:
                 t += servo.get("Return_Delay_Time") * ct.RETURN_DELAY_UNIT_S + len(status) * byte_s
-                wait = t - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
             with self.lock:
                 if servo.faults.drop:
                     servo.faults.drop -= 1
-                    continue
-                if servo.faults.bad_crc:
+                    status = b""
+                elif servo.faults.bad_crc:
                     servo.faults.bad_crc -= 1
                     status = status[:-2] + bytes([status[-2] ^ 0xA5, status[-1] ^ 0xA5])
-            try:
-                os.write(self._master, status)
-            except OSError:
-                return
-        self._wire_free = t if self.wire_time else 0.0
+            batch.append(status)
+            batch_start = t if batch_start is None else batch_start
+            last = k == len(replies) - 1
+            if not last and timed:
+                nxt = replies[k + 1]
+                t_next = (t + nxt[0].get("Return_Delay_Time") * ct.RETURN_DELAY_UNIT_S
+                          + len(nxt[1]) * byte_s)
+                if t_next - batch_start < USB_BATCH_S:
+                    continue
+            if timed:
+                wait = t - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            data = b"".join(batch)
+            batch, batch_start = [], None
+            if data:
+                try:
+                    os.write(self._master, data)
+                except OSError:
+                    return
+        self._wire_free = t if timed else 0.0
 
     def _status(self, s: EmulatedServo, err: int, params: bytes = b"") -> bytes:
         return build_packet(s.id, INST_STATUS, bytes([err | s.error_byte]) + params)
