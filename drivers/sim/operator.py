@@ -3,12 +3,18 @@
 Each arm follows a list of end-effector waypoints (fingertip position, gripper orientation,
 gripper opening). Between waypoints the pose moves on a minimum-jerk profile (position linearly,
 orientation by slerp, both along s(t) = 10t^3 - 15t^4 + 6t^5), and every control step a damped
-least-squares IK turns the pose into the 6 joint angles of that arm, warm-started from the last
-solution on the operator's own MjData (the follower's physics is never touched). A waypoint's pose
-may depend on the scene when its segment begins (where the cube is now, where the socket sits in
-the left gripper), so the script closes the loop on the objects it handles.
+least-squares IK turns the pose into the 6 joint angles of that arm, solved incrementally from the
+last solution on the operator's own MjData (the follower's physics is never touched), held near it
+by a posture term and bounded to MAX_JOINT_STEP. Large reorientations that carry the wrist through
+its straight (singular) pose, like the first reach from the start pose, are joint-space segments
+instead: the goal's IK is solved once from a posture on the wanted branch and the joints move on
+the same minimum-jerk profile. A waypoint's pose may depend on the scene when its segment begins
+(where the cube is now, where the socket sits in the left gripper), so the script closes the loop
+on the objects it handles.
 
-The output of `act()` is what leader arms would read: 14-d joint targets, grippers 0..1.
+The output of `act()` is what leader arms would read: 14-d joint targets, grippers 0..1, moving as
+a person moves leader arms: every joint under 2.5 rad/s with a continuous velocity, each gripper
+opened or closed over half a second.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from drivers.sim.scene import SceneIndex
 from drivers.sim.tasks import START_ARM_POSE
 
 TIP = np.array([0.150, 0.0, 0.0])  # a point between the fingertips, in the gripper link frame
+# The most an incremental IK solve moves a joint in one control step (50 Hz): 2 rad/s, a brisk
+# human pace. Joint-space segments are timed to stay near it (min-jerk peak: 1.875 x distance / time).
+MAX_JOINT_STEP = 0.04
 
 
 def _rot(x: tuple[float, float, float], y: tuple[float, float, float]) -> np.ndarray:
@@ -73,6 +82,8 @@ class Waypoint:
     pose: Pose | None = None
     resolve: Callable[["SceneView"], Pose] | None = None
     track: bool = False
+    joint: bool = False  # move in joint space to the goal's IK solution
+    seed: np.ndarray | None = None  # joint posture the joint-space goal is solved from
 
 
 class SceneView:
@@ -95,7 +106,12 @@ class SceneView:
 
 
 class ArmIK:
-    """Damped least-squares IK of one 6-joint arm for the fingertip pose, on a private MjData."""
+    """Damped least-squares IK of one 6-joint arm for the fingertip pose, on a private MjData.
+
+    `solve` is incremental: it starts from the previous solution and minimises the pose error
+    plus a posture term that keeps the joints near a reference (by default where they were), so
+    near a singular wrist the arm stays on its branch instead of flipping to another; its total
+    change can be bounded to what a hand moves in one control step."""
 
     def __init__(self, model: mujoco.MjModel, index: SceneIndex, side: str):
         self.model = model
@@ -106,9 +122,9 @@ class ArmIK:
         jnt = [int(np.flatnonzero(model.jnt_qposadr == a)[0]) for a in self.arm.qpos]
         self.lo = model.jnt_range[jnt, 0].copy()
         self.hi = model.jnt_range[jnt, 1].copy()
-        # joint weights: rolling the forearm is made costly so that the wrist bends (and turns)
+        # joint costs: rolling the forearm is made costly so that the wrist bends (and turns)
         # instead; this keeps the arm off the forearm-roll/wrist-rotate flip at a straight wrist
-        self.w_inv = 1.0 / np.array([1.0, 1.0, 1.0, 6.0, 1.0, 1.0])
+        self.cost = np.diag([1.0, 1.0, 1.0, 6.0, 1.0, 1.0])
         self.jacp = np.zeros((3, model.nv))
         self.jacr = np.zeros((3, model.nv))
 
@@ -120,37 +136,72 @@ class ArmIK:
         return self.data.xpos[b] + rot @ TIP, rot.copy()
 
     def solve(
-        self, q: np.ndarray, pos: np.ndarray, quat: np.ndarray, iters: int = 30, damping: float = 0.02
+        self,
+        q: np.ndarray,
+        pos: np.ndarray,
+        quat: np.ndarray,
+        iters: int = 30,
+        damping: float = 0.02,
+        posture: np.ndarray | None = None,
+        posture_weight: float = 0.02,
+        max_step: float | None = None,
     ) -> np.ndarray:
-        q = np.array(q, dtype=np.float64)
+        """Joint angles for the fingertip at `pos` with orientation `quat`, from `q`.
+
+        Each iteration solves (J'J + damping^2 C + w^2 C) dq = J'e - w^2 C (q - posture), with
+        C the joint costs and w the posture weight; posture defaults to the starting `q`. With
+        `max_step`, the result moves no joint more than that from `q` (the move is scaled as a
+        whole, so its direction is kept)."""
+        q_in = np.array(q, dtype=np.float64)
+        q = q_in.copy()
+        ref = q_in if posture is None else np.asarray(posture, dtype=np.float64)
         target_rot = np.zeros(9)
         mujoco.mju_quat2Mat(target_rot, quat)
         target_rot = target_rot.reshape(3, 3)
         err_quat = np.zeros(4)
         err_rot = np.zeros(3)
+        reg = (damping**2 + posture_weight**2) * self.cost
+        pull = posture_weight**2 * self.cost
         for _ in range(iters):
             p, rot = self.fk(q)
             e_pos = pos - p
             mujoco.mju_mat2Quat(err_quat, (target_rot @ rot.T).flatten())
             mujoco.mju_quat2Vel(err_rot, err_quat, 1.0)
-            if np.linalg.norm(e_pos) < 1e-4 and np.linalg.norm(err_rot) < 1e-3:
-                break
             mujoco.mj_comPos(self.model, self.data)
             mujoco.mj_jac(self.model, self.data, self.jacp, self.jacr, p, self.arm.gripper_body)
-            jac = np.vstack([self.jacp[:, self.dofs], self.jacr[:, self.dofs]])
+            jac = np.vstack([self.jacp[:, self.dofs], 0.5 * self.jacr[:, self.dofs]])
             err = np.concatenate([e_pos, 0.5 * err_rot])
-            jac[3:] *= 0.5
-            jw = jac * self.w_inv
-            dq = jw.T @ np.linalg.solve(jw @ jac.T + damping**2 * np.eye(6), err)
+            grad = jac.T @ err - pull @ (q - ref)
+            if np.linalg.norm(grad) < 1e-7:
+                break
+            dq = np.linalg.solve(jac.T @ jac + reg, grad)
             step = np.max(np.abs(dq))
             if step > 0.2:
                 dq *= 0.2 / step
             q = np.clip(q + dq, self.lo, self.hi)
+        if max_step is not None:
+            move = np.max(np.abs(q - q_in))
+            if move > max_step:
+                q = q_in + (q - q_in) * (max_step / move)
         return q
+
+    def reach(self, pos: np.ndarray, quat: np.ndarray, seed: np.ndarray) -> np.ndarray:
+        """A whole-arm solution for a far pose, found from `seed` (a posture on the wanted branch:
+        which way the elbow and wrist bend), for a move made in joint space."""
+        q = np.array(seed, dtype=np.float64)
+        for _ in range(20):
+            q = self.solve(q, pos, quat, iters=30, posture=seed, posture_weight=0.01)
+        return self.solve(q, pos, quat, iters=50, posture_weight=0.0)
 
 
 class ArmScript:
-    """One arm's waypoints, interpolated and solved step by step."""
+    """One arm's waypoints, interpolated and solved step by step.
+
+    A Cartesian segment moves the fingertip pose on a minimum-jerk profile and solves the IK
+    incrementally each step, bounded to MAX_JOINT_STEP. A joint-space segment (`Waypoint.joint`)
+    solves its goal once, when it begins, and moves the joints on the same profile: how a hand
+    carries the arm through a large reorientation, the wrist straightening and bending the other
+    way, with no IK to flip branches where the straight wrist loses a degree of freedom."""
 
     def __init__(self, ik: ArmIK, q0: np.ndarray, gripper0: float, waypoints: list[Waypoint]):
         self.ik = ik
@@ -163,6 +214,8 @@ class ArmScript:
         self.t_start = 0.0
         self.goal = self.start
         self.gripper = gripper0
+        self.q_start = self.q.copy()
+        self.q_goal = self.q.copy()
 
     def act(self, t: float, scene: SceneView) -> np.ndarray:
         # advance to the segment that contains t, resolving its goal from the scene as it begins
@@ -173,21 +226,34 @@ class ArmScript:
             self.k += 1
             wp = self.waypoints[self.k]
             self.goal = wp.resolve(scene) if wp.resolve is not None else wp.pose
+            if wp.joint:
+                seed = self.q if wp.seed is None else wp.seed
+                self.q_start = self.q.copy()
+                self.q_goal = self.ik.reach(self.goal.pos, self.goal.quat, seed)
+                pos, rot = self.ik.fk(self.q_goal)
+                self.goal = Pose(pos, _quat(rot))  # where the joint move really ends
         wp = self.waypoints[self.k]
-        if wp.track and wp.resolve is not None:
-            self.goal = wp.resolve(scene)
         span = max(wp.t - self.t_start, 1e-9)
         s = min_jerk((t - self.t_start) / span)
-        pos = (1 - s) * self.start.pos + s * self.goal.pos
-        quat = _slerp(self.start.quat, self.goal.quat, s)
         self.gripper = (1 - s) * self.gripper_start + s * wp.gripper
-        self.q = self.ik.solve(self.q, pos, quat)
+        if wp.joint:
+            self.q = (1 - s) * self.q_start + s * self.q_goal
+        else:
+            if wp.track and wp.resolve is not None:
+                self.goal = wp.resolve(scene)
+            pos = (1 - s) * self.start.pos + s * self.goal.pos
+            quat = _slerp(self.start.quat, self.goal.quat, s)
+            self.q = self.ik.solve(self.q, pos, quat, max_step=MAX_JOINT_STEP)
         return np.concatenate([self.q, [self.gripper]])
 
 
 # Gripper orientations (columns: along the fingers, closing axis, their cross product)
 RIGHT_DOWN = _quat(_rot((0, 0, -1), (0, -1, 0)))  # pointing down, closing along world y
 LEFT_DOWN = _quat(_rot((0, 0, -1), (0, 1, 0)))  # pointing down, closing along world y
+
+
+# A posture with the elbow up and the wrist bent well down: the branch the arms reach down on
+REACH_DOWN = np.array([0.0, -0.1, 0.3, 0.0, 1.3, 0.0])
 
 
 def _at(pos, quat) -> Pose:
@@ -242,11 +308,13 @@ class ScriptedOperator:
 # The right arm picks the cube from above, gripping its upper half, lifts it to the meeting point
 # and tilts so the lower half sticks out towards the left arm, pointing down-left; the left arm
 # comes in head-on from below-left with its fingers closing crosswise to the right fingers (so the
-# two grippers never collide), grips the free half, and the right arm lets go and backs off. Both
-# wrists stay bent the whole time, clear of the straight-wrist singularity.
+# two grippers never collide), grips the free half, and the right arm lets go and backs off. The
+# right wrist straightens only in its first, joint-space reach; after it both wrists stay bent
+# (the meeting point and tilt keep the right wrist angle above ~0.7 rad and the left one between
+# -1.1 and -1.45 rad, clear of both the straight wrist and the left's -1.87 rad stop).
 
-MEET = np.array([0.0, 0.5, 0.25])  # right fingertip at the hand-over
-HANDOVER_TILT = np.radians(35.0)
+MEET = np.array([0.1, 0.5, 0.35])  # right fingertip at the hand-over
+HANDOVER_TILT = np.radians(30.0)
 _D = np.array([-np.cos(HANDOVER_TILT), 0.0, -np.sin(HANDOVER_TILT)])  # right gripper's pointing
 RIGHT_HANDOVER = _quat(_rot(_D, (0, -1, 0)))
 LEFT_HANDOVER = _quat(_rot(-_D, np.cross(_D, (0, -1, 0))))  # head-on, closing crosswise
@@ -261,11 +329,11 @@ def _cube(scene: SceneView) -> np.ndarray:
 def _transfer_right(scene: SceneView) -> list[Waypoint]:
     c = _cube(scene)
     return [
-        Waypoint(1.2, 1.0, _at(c + [0, 0, 0.10], RIGHT_DOWN)),
-        Waypoint(1.9, 1.0, resolve=lambda sc: _at(_cube(sc) + [0, 0, GRASP_HEIGHT], RIGHT_DOWN)),
-        Waypoint(2.4, 0.0, resolve=lambda sc: sc.tip("right")),
-        Waypoint(3.0, 0.0, resolve=lambda sc: _at(sc.tip("right").pos + [0, 0, 0.10], RIGHT_DOWN)),
-        Waypoint(4.2, 0.0, _at(MEET, RIGHT_HANDOVER)),
+        Waypoint(1.6, 1.0, _at(c + [0, 0, 0.10], RIGHT_DOWN), joint=True, seed=REACH_DOWN),
+        Waypoint(2.2, 1.0, resolve=lambda sc: _at(_cube(sc) + [0, 0, GRASP_HEIGHT], RIGHT_DOWN)),
+        Waypoint(2.7, 0.0, resolve=lambda sc: sc.tip("right")),
+        Waypoint(3.3, 0.0, resolve=lambda sc: _at(sc.tip("right").pos + [0, 0, 0.10], RIGHT_DOWN)),
+        Waypoint(4.4, 0.0, _at(MEET, RIGHT_HANDOVER)),
         Waypoint(5.7, 0.0, _at(MEET, RIGHT_HANDOVER)),
         Waypoint(6.2, 1.0, _at(MEET, RIGHT_HANDOVER)),
         Waypoint(7.0, 1.0, _at(MEET - 0.10 * _D, RIGHT_HANDOVER)),
@@ -280,7 +348,7 @@ def _left_grip_target(scene: SceneView) -> Pose:
 def _transfer_left(scene: SceneView) -> list[Waypoint]:
     wait = MEET + 0.12 * _D
     return [
-        Waypoint(3.0, 1.0, _at(wait, LEFT_HANDOVER)),
+        Waypoint(3.0, 1.0, _at(wait, LEFT_HANDOVER), joint=True),
         Waypoint(4.4, 1.0, _at(wait, LEFT_HANDOVER)),
         Waypoint(5.1, 1.0, resolve=_left_grip_target),
         Waypoint(5.6, 0.0, resolve=lambda sc: sc.tip("left")),
@@ -297,13 +365,13 @@ TRANSFER_CUBE = {"left": _transfer_left, "right": _transfer_right}
 def _insertion_right(scene: SceneView) -> list[Waypoint]:
     p = scene.body_pos("peg")
     return [
-        Waypoint(1.2, 1.0, _at(p + [0, 0, 0.10], RIGHT_DOWN)),
-        Waypoint(1.9, 1.0, resolve=lambda sc: _at(sc.body_pos("peg") + [0, 0, -0.005], RIGHT_DOWN)),
-        Waypoint(2.4, 0.0, resolve=lambda sc: sc.tip("right")),
-        Waypoint(3.2, 0.0, resolve=lambda sc: _at(sc.tip("right").pos + [0, 0, 0.15], RIGHT_DOWN)),
-        Waypoint(4.4, 0.0, resolve=lambda sc: _peg_goal(sc, 0.05), track=True),
-        Waypoint(5.2, 0.0, resolve=lambda sc: _peg_goal(sc, 0.01), track=True),
-        Waypoint(6.3, 0.0, resolve=lambda sc: _peg_goal(sc, -0.026)),
+        Waypoint(1.6, 1.0, _at(p + [0, 0, 0.10], RIGHT_DOWN), joint=True, seed=REACH_DOWN),
+        Waypoint(2.2, 1.0, resolve=lambda sc: _at(sc.body_pos("peg") + [0, 0, -0.005], RIGHT_DOWN)),
+        Waypoint(2.7, 0.0, resolve=lambda sc: sc.tip("right")),
+        Waypoint(3.4, 0.0, resolve=lambda sc: _at(sc.tip("right").pos + [0, 0, 0.15], RIGHT_DOWN)),
+        Waypoint(4.6, 0.0, resolve=lambda sc: _peg_goal(sc, 0.05), track=True),
+        Waypoint(5.4, 0.0, resolve=lambda sc: _peg_goal(sc, 0.01), track=True),
+        Waypoint(6.5, 0.0, resolve=lambda sc: _peg_goal(sc, -0.026)),
         Waypoint(8.0, 0.0, resolve=lambda sc: sc.tip("right")),
     ]
 
@@ -311,11 +379,11 @@ def _insertion_right(scene: SceneView) -> list[Waypoint]:
 def _insertion_left(scene: SceneView) -> list[Waypoint]:
     s = scene.body_pos("socket")
     return [
-        Waypoint(1.2, 1.0, _at(s + [0, 0, 0.10], LEFT_DOWN)),
-        Waypoint(1.9, 1.0, resolve=lambda sc: _at(sc.body_pos("socket") + [0, 0, -0.005], LEFT_DOWN)),
-        Waypoint(2.4, 0.0, resolve=lambda sc: sc.tip("left")),
-        Waypoint(3.2, 0.0, resolve=lambda sc: _at(sc.tip("left").pos + [0, 0, 0.15], LEFT_DOWN)),
-        Waypoint(4.4, 0.0, resolve=lambda sc: _socket_goal(sc)),
+        Waypoint(1.6, 1.0, _at(s + [0, 0, 0.10], LEFT_DOWN), joint=True, seed=REACH_DOWN),
+        Waypoint(2.2, 1.0, resolve=lambda sc: _at(sc.body_pos("socket") + [0, 0, -0.005], LEFT_DOWN)),
+        Waypoint(2.7, 0.0, resolve=lambda sc: sc.tip("left")),
+        Waypoint(3.4, 0.0, resolve=lambda sc: _at(sc.tip("left").pos + [0, 0, 0.15], LEFT_DOWN)),
+        Waypoint(4.6, 0.0, resolve=lambda sc: _socket_goal(sc)),
         Waypoint(8.0, 0.0, resolve=lambda sc: sc.tip("left")),
     ]
 
