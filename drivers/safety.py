@@ -46,7 +46,7 @@ class SafetyFilter:
 
     def clamp_limits(self, q: np.ndarray) -> np.ndarray:
         out = np.clip(q, self.lower, self.upper)
-        if np.any(out != q):
+        if np.any(np.abs(out - q) > 1e-9):
             self.clamped_limit += 1
         return out
 
@@ -54,7 +54,9 @@ class SafetyFilter:
         q = self.clamp_limits(layout.check(np.asarray(target, np.float64), "command"))
         if last_command is None:
             return q
-        out = ramp_step(last_command, q, self.max_step)
-        if np.any(out != q):
-            self.clamped_rate += 1
-        return out
+        delta = q - last_command
+        if np.all(np.abs(delta) <= self.max_step):
+            return q
+        self.clamped_rate += 1
+        return last_command + np.clip(delta, -self.max_step, self.max_step)
+
