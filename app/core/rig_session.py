@@ -197,5 +197,9 @@ class RigSession:
             self._error = f"{type(e).__name__}: {e}"
             try:
                 self.rig.hold()
-            finally:
+            except Exception:  # noqa: BLE001 - torque goes off below whatever hold() did
+                pass
+            try:
                 self.rig.torque_off()
+            except Exception as off:  # noqa: BLE001 - the operator must see that torque may be on
+                self._error += f"\n{type(off).__name__}: {off}"
