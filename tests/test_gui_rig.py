@@ -33,6 +33,22 @@ def _image_bytes(img: QImage) -> bytes:
     return bytes(img.constBits())
 
 
+def _teleop_is(session: RigSession, state: str):
+    def check() -> None:
+        st = session.status()
+        assert st.teleop == state, f"teleop {st.teleop} ({st.stop_reason}); {st}"
+    return check
+
+
+def _live(w: MainWindow):
+    def check() -> None:
+        views = {n: v.frames_shown for n, v in w.rig_panel.cameras.items()}
+        assert w.live_since is not None, (
+            f"not live: connecting={w.connecting} errors={w.errors} cameras={views} "
+            f"steps={w.rig_panel.history.count} {w.session.status()}")
+    return check
+
+
 def _control_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "control" and t.is_alive()]
 
@@ -47,7 +63,7 @@ def test_rig_window_live_teleop_estop_and_close(qtbot, isolated_settings, sim_co
     panel = w.rig_panel
 
     # Live: every camera view shows frames, the joint readouts and plots fill in.
-    qtbot.waitUntil(lambda: w.live_since is not None, timeout=30_000)
+    qtbot.waitUntil(_live(w), timeout=30_000)
     assert set(panel.cameras) == {c.name for c in sim_config.cameras}
     seqs = {n: v.seq for n, v in panel.cameras.items()}
     leader_before = panel.joints.value(1, "left leader")
@@ -59,7 +75,7 @@ def test_rig_window_live_teleop_estop_and_close(qtbot, isolated_settings, sim_co
     assert w.sb_rate.text().startswith("control ") and "— Hz" not in w.sb_rate.text()
 
     # The sim engaged teleop on its own: the followers ramp to the scripted leader and track it.
-    qtbot.waitUntil(lambda: session.status().teleop == "engaged", timeout=20_000)
+    qtbot.waitUntil(_teleop_is(session, "engaged"), timeout=20_000)
     qtbot.waitUntil(lambda: panel.teleop.state.text() == "engaged", timeout=2_000)
     rec0 = session.latest()
     frame0 = {n: _image_bytes(v.image) for n, v in panel.cameras.items()}
@@ -84,7 +100,7 @@ def test_rig_window_live_teleop_estop_and_close(qtbot, isolated_settings, sim_co
     qtbot.waitUntil(lambda: panel.teleop.engage_button.isEnabled(), timeout=2_000)
     qtbot.mouseClick(panel.teleop.engage_button, Qt.MouseButton.LeftButton)
     assert session.status().teleop in ("ramping", "engaged")
-    qtbot.waitUntil(lambda: session.status().teleop == "engaged", timeout=20_000)
+    qtbot.waitUntil(_teleop_is(session, "engaged"), timeout=20_000)
 
     # A screenshot of the live, engaged window for the README.
     qtbot.wait(500)
@@ -172,16 +188,46 @@ def test_geometry_and_options_persist(qtbot, isolated_settings, sim_config):
     w2.close()
 
 
-def test_hardware_rig_never_auto_engages(qtbot, isolated_settings, sim_config):
-    QSettings("XR0", "Workstation").setValue(AUTO_ENGAGE_KEY, True)
-    hw = load_rig_config("aloha")
-    # The window's decision depends on the config only; the rig is not connected here.
-    from drivers.sim.rig import SimRig
+def test_hardware_rig_never_auto_engages_and_estop_drops_torque(qtbot, isolated_settings,
+                                                                 tmp_path):
+    """The window on the real hardware driver, over emulated Dynamixel chains (one per arm)."""
+    from drivers.dynamixel.emulator import EmulatedRig
 
-    w = MainWindow(RigSession(hw, rig=SimRig(sim_config)))
-    qtbot.addWidget(w)
-    assert w.auto_engage_action.isChecked() and not w.auto_engage
-    assert not w.rig_panel.task.isVisibleTo(w)
+    QSettings("XR0", "Workstation").setValue(AUTO_ENGAGE_KEY, True)
+    with EmulatedRig(load_rig_config("aloha"), tmp_path) as er:
+        session = RigSession(er.config)
+        w = MainWindow(session)
+        qtbot.addWidget(w)
+        assert w.auto_engage_action.isChecked() and not w.auto_engage
+        w.show()
+        qtbot.waitUntil(_live(w), timeout=30_000)
+        qtbot.waitUntil(lambda: w.rig_panel.joints.value(0, "left leader") != "—", timeout=5_000)
+        followers = [a.name for a in er.config.arms if a.role == "follower"]
+        assert all(all(er.torque()[a].values()) for a in followers)
+        qtbot.wait(300)
+        assert session.status().teleop == "idle"  # a person engages teleop at the rig
+        assert w.rig_panel.teleop.engage_button.isEnabled()
+        assert not w.rig_panel.task.isVisibleTo(w)
+
+        qtbot.mousePress(w.estop.button, Qt.MouseButton.LeftButton)
+        qtbot.mouseRelease(w.estop.button, Qt.MouseButton.LeftButton)
+        assert session.rig.estopped
+        assert not any(any(er.torque()[a].values()) for a in followers)
+        qtbot.mouseClick(w.estop.release_button, Qt.MouseButton.LeftButton)
+        assert not session.rig.estopped and w.errors == []
+
+        # A servo fault ends the control loop: a dialog names the fault and what to do.
+        arm = er.config.arm("follower", "left")
+        er.emulators[arm.name].hardware_error(arm.joints[1].id)
+        qtbot.waitUntil(lambda: bool(w.errors), timeout=5_000)
+        assert "control loop stopped" in w.errors[0] and str(arm.joints[1].id) in w.errors[0]
+        boxes = [b for b in QApplication.topLevelWidgets()
+                 if isinstance(b, QMessageBox) and b.isVisible()]
+        assert boxes and "reopen the app" in boxes[0].text()
+        qtbot.waitUntil(lambda: w.sb_session.text() == "stopped (error)", timeout=2_000)
+        assert not any(any(er.torque()[a].values()) for a in followers)
+        w.close()
+        assert not _control_threads()
 
 
 def test_unknown_rig_shows_a_dialog_with_the_fix(qapp, isolated_settings):

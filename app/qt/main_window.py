@@ -201,8 +201,9 @@ class MainWindow(QMainWindow):
             self._reported_error = st.error
             self.report_error(
                 "The control loop stopped",
-                f"{st.error}\n\nThe followers were told to hold and their torque is off. Check "
-                f"the rig, then close and reopen the app.")
+                f"{st.error}\n\nThe followers were told to hold and to drop their torque (a "
+                f"failure to do so is listed above: then cut the arms' power). Check the rig, "
+                f"then close and reopen the app.")
         self._maybe_auto_engage(st)
         self.rig_panel.refresh(st)
         self.estop.show_state(st.estopped)
