@@ -102,8 +102,12 @@ def test_rig_window_live_teleop_estop_and_close(qtbot, isolated_settings, sim_co
     assert session.status().teleop in ("ramping", "engaged")
     qtbot.waitUntil(_teleop_is(session, "engaged"), timeout=20_000)
 
+    # Through the window's teleop the scripted operator completes the task; the task box says so.
+    qtbot.waitUntil(lambda: panel.task.success.text() == "yes", timeout=20_000)
+    info = session.latest().state.info
+    assert info["episode_max_reward"] == info["max_reward"]
+
     # A screenshot of the live, engaged window for the README.
-    qtbot.wait(500)
     paths = w.save_screenshots(SCREENSHOTS)
     assert SCREENSHOTS / "rig.png" in paths
     shot = QImage(str(SCREENSHOTS / "rig.png"))

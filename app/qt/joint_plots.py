@@ -19,6 +19,9 @@ from app.qt import theme
 from drivers import layout
 
 
+MIN_Y_SPAN = 0.1  # rad (or gripper 0..1 units): the smallest vertical span a plot zooms to
+
+
 class JointHistory:
     """The last `seconds` of follower positions and commands (NaN while the followers hold)."""
 
@@ -93,6 +96,8 @@ class JointPlots(QWidget):
                 plot.hideButtons()
                 plot.showGrid(x=True, y=True, alpha=0.25)
                 plot.setXRange(-seconds, 0, padding=0)
+                # a still joint shows as a flat line, not as magnified sensor noise
+                plot.getViewBox().setLimits(minYRange=MIN_Y_SPAN)
                 plot.getAxis("left").setWidth(40)
                 plot.getAxis("left").setStyle(maxTextLevel=0, tickFont=small)
                 if row < layout.JOINTS_PER_ARM - 1:
