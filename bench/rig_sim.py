@@ -3,8 +3,9 @@
 The figure is the sim's capacity: sim seconds per wall second when the rig is stepped as fast as it
 goes (stepping mode, one thread), with physics at the control rate (10 physics steps per 20 ms),
 the scripted operator's IK and teleop mapping every step, and both cameras rendered at their fps.
-Real-time mode overlaps rendering with physics in two threads, so >= 1.0 here means the paced rig
-keeps up; the paced run's own RTF, missed ticks and camera rates are in the detail.
+Real-time mode renders in a separate worker process beside the physics thread, so >= 1.0 here
+means the paced rig keeps up; the paced run's own RTF, missed ticks and camera rates are in the
+detail.
 """
 
 from __future__ import annotations

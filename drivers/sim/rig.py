@@ -5,11 +5,16 @@ Two ways to run, chosen by `[sim] realtime` in the rig config:
 - real time (realtime = true): `connect()` starts a physics thread paced by drivers.clock.Ticker
   at the control rate. Each tick the scripted operator moves the leader arms, the latest follower
   targets are applied (like real servos, the arms keep holding or moving whether or not anyone
-  commands) and the physics advances one control period. A render thread owns the GL context and
-  renders every camera at its own fps from a snapshot of the state into a private MjData, so
-  physics never waits for rendering.
+  commands) and the physics advances one control period. The cameras are rendered in a separate
+  process (drivers.sim.render_worker): mujoco's renderer holds the GIL through parts of every frame
+  (~6-9 ms of CPU at 240x320 on software GL), so in this process it would stall physics, the
+  control loop and the GUI, and take about half a core from them. A render thread here schedules every camera at its own fps, publishes a snapshot of the
+  state to the worker through shared memory and hands the frames it gets back to the cameras; it
+  only blocks in calls that release the GIL. If the worker dies, the cameras raise
+  ConnectionFailed naming themselves and the cause; the arms keep running and holding.
 - stepping (realtime = false): no threads. `step()` advances exactly one control period and renders
-  the cameras whose next frame is due by sim time. For fast recording, evaluation and tests.
+  the cameras whose next frame is due by sim time, in this process (see `_render_due`). For fast
+  recording, evaluation and tests.
 
 Followers read and command in the rig's units: joints in radians, grippers 0 (closed) .. 1 (open)
 with gym-aloha's normalisation of the finger slide. `read().leader` is what the scripted operator's
@@ -34,13 +39,14 @@ from drivers.config import CameraConfig, RigConfig, SimConfig
 from drivers.errors import ConfigError, ConnectionFailed, RigError
 from drivers.rig import Camera, Frame, Rig, RigState
 from drivers.sim.operator import SceneView, ScriptedOperator
+from drivers.sim.render_worker import CameraSpec, RenderWorker, SceneRenderer
 from drivers.sim.scene import SceneIndex, build_model, normalize_gripper
 from drivers.sim.tasks import get_task, step_physics
 
 
 class SimCamera(Camera):
-    """A camera of the sim scene. Its frames are rendered by the SimRig (render thread in real
-    time, `step()` in stepping mode); t_device is the sim time the frame shows."""
+    """A camera of the sim scene. Its frames are rendered by the SimRig (the render worker in
+    real time, `step()` in stepping mode); t_device is the sim time the frame shows."""
 
     def __init__(self, config: CameraConfig):
         super().__init__(config)
@@ -50,9 +56,26 @@ class SimCamera(Camera):
         self._seq = 0
         self._arrivals: collections.deque[float] = collections.deque(maxlen=31)
         self._running = False
+        self._failure = ""  # why frames stopped coming (the render worker died), once they have
 
     def start(self) -> None:
-        self._running = True
+        with self._cond:
+            self._running = True
+            self._failure = ""
+            self._arrivals.clear()
+
+    def fail(self, reason: str) -> None:
+        """Frames stopped for good (until the rig reconnects): latest() and wait_next() raise
+        ConnectionFailed with the reason."""
+        with self._cond:
+            self._failure = reason
+            self._cond.notify_all()
+
+    def _failed(self) -> ConnectionFailed:
+        return ConnectionFailed(
+            f"sim camera '{self.name}' has no new frames: {self._failure}; disconnect and "
+            f"connect the rig again"
+        )
 
     def stop(self) -> None:
         with self._cond:
@@ -71,6 +94,8 @@ class SimCamera(Camera):
     def latest(self, max_age_s: float | None = None) -> Frame:
         with self._cond:
             frame = self._frame
+            if self._failure:
+                raise self._failed()
         if frame is None:
             raise ConnectionFailed(
                 f"sim camera '{self.name}' has no frame yet: connect the rig first (in stepping "
@@ -79,7 +104,7 @@ class SimCamera(Camera):
         if max_age_s is not None and clock.now() - frame.t_host > max_age_s:
             raise ConnectionFailed(
                 f"sim camera '{self.name}' is stale: last frame {clock.now() - frame.t_host:.3f} s "
-                f"ago (limit {max_age_s} s); the rig's render thread is behind or stopped"
+                f"ago (limit {max_age_s} s); the rig's renderer is behind or stopped"
             )
         return frame
 
@@ -87,6 +112,8 @@ class SimCamera(Camera):
         deadline = clock.now() + timeout_s
         with self._cond:
             while self._frame is None or self._frame.seq <= after_seq:
+                if self._failure:
+                    raise self._failed()
                 remaining = deadline - clock.now()
                 if remaining <= 0 or not self._running:
                     raise ConnectionFailed(
@@ -100,18 +127,19 @@ class SimCamera(Camera):
     def measured_fps(self) -> float:
         with self._cond:
             a = list(self._arrivals)
+            if self._failure:
+                return 0.0
         if len(a) < 2 or a[-1] <= a[0]:
             return 0.0
         return (len(a) - 1) / (a[-1] - a[0])
 
 
 class _Renderers:
-    """One mujoco.Renderer per image size, all bound to the thread that created them."""
+    """Stepping mode's in-process renderers, bound to the thread that created them."""
 
     def __init__(self, model: mujoco.MjModel):
-        self.model = model
         self.thread = threading.get_ident()
-        self.by_size: dict[tuple[int, int], mujoco.Renderer] = {}
+        self.scene = SceneRenderer(model)
 
     def render(self, data: mujoco.MjData, cam: SimCamera) -> np.ndarray:
         if threading.get_ident() != self.thread:
@@ -119,28 +147,10 @@ class _Renderers:
                 "the sim cameras render in the thread that first rendered them (a GL context is "
                 "bound to one thread): call rig.step() from one thread"
             )
-        size = (cam.config.height, cam.config.width)
-        r = self.by_size.get(size)
-        if r is None:
-            try:
-                r = mujoco.Renderer(self.model, *size)
-            except Exception as e:  # GL backend missing or broken
-                raise ConnectionFailed(
-                    f"cannot render the sim cameras offscreen ({e}). Set MUJOCO_GL=egl or "
-                    f"MUJOCO_GL=osmesa before starting (install libegl1 or libosmesa6: "
-                    f"`bash scripts/dev setup` does)"
-                ) from e
-            # software GL: shadows and reflections cost ~5x the frame time
-            r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-            r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-            self.by_size[size] = r
-        r.update_scene(data, camera=cam.sim_camera)
-        return r.render()
+        return self.scene.render(data, cam.sim_camera, cam.config.height, cam.config.width)
 
     def close(self) -> None:
-        for r in self.by_size.values():
-            r.close()
-        self.by_size.clear()
+        self.scene.close()
 
 
 class SimRig(Rig):
@@ -150,6 +160,7 @@ class SimRig(Rig):
         self.task = get_task(self.sim.task)
         width = max([c.width for c in config.cameras] + [640])
         height = max([c.height for c in config.cameras] + [480])
+        self._offscreen = (width, height)
         self.model = build_model(self.task.name, width, height)
         self.data = mujoco.MjData(self.model)
         self.index = SceneIndex.of(self.model)
@@ -192,9 +203,12 @@ class SimRig(Rig):
         self._t0 = 0.0  # sim time at the episode start
         self._best = 0
         self._reward = 0
-        self._snapshot: tuple[np.ndarray, float] | None = None
+        # what the cameras render: (qpos, sim time, mocap_pos, mocap_quat), replaced whole
+        self._snapshot: tuple | None = None
         self._next_frame: dict[str, float] = {}
         self._renderers: _Renderers | None = None
+        self._worker: RenderWorker | None = None
+        self.render_error = ""  # why the real-time cameras stopped, once they have
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._connected = False
@@ -216,7 +230,25 @@ class SimRig(Rig):
     def connect(self) -> None:
         if self._connected:
             return
-        self.reset(self.sim.seed)
+        self._error = None
+        self.render_error = ""
+        if self.realtime and self.cameras:
+            worker = RenderWorker(
+                self.task.name, *self._offscreen, self.model.nq, self.model.nmocap,
+                [
+                    CameraSpec(c.name, c.sim_camera, c.config.height, c.config.width)
+                    for c in self.cameras.values()
+                ],
+            )
+            worker.start()  # raises ConnectionFailed (GL missing, ...) before anything runs
+            self._worker = worker
+        try:
+            self.reset(self.sim.seed)
+        except BaseException:
+            if self._worker is not None:
+                self._worker.stop()
+                self._worker = None
+            raise
         for cam in self.cameras.values():
             cam.start()
         self._stop.clear()
@@ -236,8 +268,14 @@ class SimRig(Rig):
             return
         self._stop.set()
         for t in self._threads:
-            t.join(timeout=5.0)
+            t.join(timeout=3.0)
+            if t.is_alive() and self._worker is not None:
+                self._worker.kill()  # a hung worker: its EOF ends the render thread's wait
+                t.join(timeout=3.0)
         self._threads = []
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
         for cam in self.cameras.values():
             cam.stop()
         if self._renderers is not None and self._renderers.thread == threading.get_ident():
@@ -262,7 +300,7 @@ class SimRig(Rig):
             self._reward = self.task.reward(self.model, self.data)
             self._best = self._reward
             self._next_frame = {name: 0.0 for name in self.cameras}
-            self._snapshot = (self.data.qpos.copy(), 0.0)
+            self._snapshot = self._state_snapshot()
             self._wall0, self._sim0 = clock.now(), 0.0
 
     # -- stepping ----------------------------------------------------------------------------
@@ -280,7 +318,14 @@ class SimRig(Rig):
         self._reward = self.task.reward(self.model, self.data)
         self._best = max(self._best, self._reward)
         self.steps += 1
-        self._snapshot = (self.data.qpos.copy(), self.episode_time)
+        self._snapshot = self._state_snapshot()
+
+    def _state_snapshot(self) -> tuple:
+        if self.model.nmocap:
+            mocap = (self.data.mocap_pos.copy(), self.data.mocap_quat.copy())
+        else:
+            mocap = (None, None)
+        return (self.data.qpos.copy(), self.episode_time, *mocap)
 
     def step(self) -> None:
         """Stepping mode: advance one control period and render the cameras that are due."""
@@ -296,6 +341,11 @@ class SimRig(Rig):
         self._render_due()
 
     def _render_due(self, force: bool = False) -> None:
+        # Stepping mode renders here, in the caller's thread, not in the render worker: step() is
+        # synchronous, so the caller waits for its frames either way and no control thread runs
+        # beside it; rendering self.data directly keeps stepping free of a process start, IPC and
+        # scheduling between processes (deterministic, and its capacity is what bench/rig_sim.py
+        # measures).
         t = self.episode_time
         if self._renderers is None:
             self._renderers = _Renderers(self.model)
@@ -320,28 +370,46 @@ class SimRig(Rig):
             self._error = e
 
     def _render_loop(self) -> None:
-        renderers = _Renderers(self.model)
-        rdata = mujoco.MjData(self.model)
+        """Schedules the cameras at their fps (wall time); the worker renders. Every camera due
+        within a millisecond goes in one request, all of the same state snapshot."""
+        worker = self._worker
         cams = list(self.cameras.values())
+        if worker is None or not cams:
+            return
+        index = {c.name: i for i, c in enumerate(cams)}
         due = {c.name: clock.now() for c in cams}
+
+        def on_frame(i: int, color: np.ndarray, t_sim: float) -> None:
+            cam = cams[i]
+            cam.deliver(color, t_sim)
+            period = 1.0 / cam.config.fps
+            due[cam.name] = max(due[cam.name] + period, clock.now() - period)
+
         try:
-            while not self._stop.is_set() and cams:
-                cam = min(cams, key=lambda c: due[c.name])
-                wait = due[cam.name] - clock.now()
+            while not self._stop.is_set():
+                first = min(due.values())
+                wait = first - clock.now()
                 if wait > 0 and self._stop.wait(wait):
                     break
-                qpos, t_sim = self._snapshot
-                rdata.qpos[:] = qpos
-                mujoco.mj_kinematics(self.model, rdata)
-                mujoco.mj_comPos(self.model, rdata)
-                mujoco.mj_camlight(self.model, rdata)
-                cam.deliver(renderers.render(rdata, cam), t_sim)
-                period = 1.0 / cam.config.fps
-                due[cam.name] = max(due[cam.name] + period, clock.now() - period)
-        except BaseException as e:
-            self._error = e
-        finally:
-            renderers.close()
+                batch = [index[n] for n, t in due.items() if t <= first + 1e-3]
+                qpos, t_sim, mocap_pos, mocap_quat = self._snapshot
+                worker.render(qpos, t_sim, batch, on_frame, mocap_pos, mocap_quat)
+        except ConnectionFailed as e:  # the worker died, hung or failed: cameras only
+            self._camera_failure(str(e))
+        except BaseException as e:  # noqa: BLE001
+            self._camera_failure(f"the render thread failed: {e!r}")
+
+    def _camera_failure(self, reason: str) -> None:
+        """The cameras stop with the reason; physics keeps running, so the arms keep holding or
+        following their targets."""
+        self.render_error = reason
+        for cam in self.cameras.values():
+            cam.fail(reason)
+
+    @property
+    def render_worker_pid(self) -> int | None:
+        """The pid of the real-time cameras' render process (None when there is none)."""
+        return None if self._worker is None else self._worker.pid
 
     def stats(self) -> dict:
         """Real-time health: sim seconds per wall second since the episode (or connect) began,
@@ -353,6 +421,7 @@ class SimRig(Rig):
             "steps": self.steps,
             "missed_ticks": self.missed_ticks,
             "camera_fps": {n: c.measured_fps for n, c in self.cameras.items()},
+            "render_error": self.render_error,
         }
 
     # -- motion ----------------------------------------------------------------------------------
@@ -363,7 +432,7 @@ class SimRig(Rig):
     def read(self) -> RigState:
         if self._error is not None:
             raise RigError(
-                f"the sim rig's physics or render thread failed: {self._error!r}; "
+                f"the sim rig's physics thread failed: {self._error!r}; "
                 f"disconnect and connect again"
             )
         with self._lock:
