@@ -28,6 +28,8 @@ are kept but have no effect; hold() (or reset()) torques the arms on again at th
 
 from __future__ import annotations
 
+import dataclasses
+
 import collections
 import threading
 
@@ -194,7 +196,12 @@ class SimRig(Rig):
         self._gain = self.model.actuator_gainprm[:, 0].copy()
         self._bias = self.model.actuator_biasprm[:, 1].copy()
 
-        self._lock = threading.RLock()  # guards data, targets, leader, episode
+        self._lock = threading.RLock()  # guards data, leader, episode
+        # Targets and the published state have their own small lock so that the control thread's
+        # read() and command() never wait for a physics step (operator IK + 10 substeps, up to
+        # ~15 ms): like servos, the sim takes the latest target and reports its latest state.
+        self._io_lock = threading.Lock()
+        self._published: RigState | None = None
         self._targets = np.zeros(layout.DIM)
         self._leader = self.operator.start_pose()
         self._limp = False
@@ -296,11 +303,13 @@ class SimRig(Rig):
             self._t0 = float(self.data.time)
             self.operator.reset(self.view)
             self._leader = self.operator.start_pose()
-            self._targets = self.index.targets_from_ctrl(self.data.ctrl)
+            with self._io_lock:
+                self._targets = self.index.targets_from_ctrl(self.data.ctrl)
             self._reward = self.task.reward(self.model, self.data)
             self._best = self._reward
             self._next_frame = {name: 0.0 for name in self.cameras}
             self._snapshot = self._state_snapshot()
+            self._publish()
             self._wall0, self._sim0 = clock.now(), 0.0
 
     # -- stepping ----------------------------------------------------------------------------
@@ -313,12 +322,15 @@ class SimRig(Rig):
         t = self.episode_time
         self._leader = self.operator.act(t, self.view)
         if not self._limp:
-            self.index.ctrl_from_targets(self._targets, self.data.ctrl)
+            with self._io_lock:
+                targets = self._targets
+            self.index.ctrl_from_targets(targets, self.data.ctrl)
         step_physics(self.model, self.data, self.n_substeps)
         self._reward = self.task.reward(self.model, self.data)
         self._best = max(self._best, self._reward)
         self.steps += 1
         self._snapshot = self._state_snapshot()
+        self._publish()
 
     def _state_snapshot(self) -> tuple:
         if self.model.nmocap:
@@ -429,52 +441,67 @@ class SimRig(Rig):
     def has_leaders(self) -> bool:
         return True
 
+    def _publish(self) -> None:
+        """Publish the state just stepped (caller holds self._lock); read() returns it."""
+        qpos = self.data.qpos
+        qvel = self.data.qvel
+        follower = self.index.follower(qpos)
+        velocity = np.empty(layout.DIM)
+        for side, arm in self.index.arms.items():
+            s = layout.arm_slice(side)
+            velocity[s.start : s.start + 6] = qvel[list(arm.dof)]
+            velocity[s.start + 6] = qvel[self._finger_dof[side]] * self._gripper_scale
+        info = {
+            "task": self.task.name,
+            "seed": self.seed,
+            "reward": self._reward,
+            "max_reward": self.task.max_reward,
+            "success": self._best >= self.task.max_reward,
+            "episode_max_reward": self._best,
+            "sim_time": self.episode_time,
+            "done": self.episode_time >= self.sim.episode_seconds - 0.5 * self.dt,
+            "limp": self._limp,
+        }
+        leader = self._leader.copy()
+        st = RigState(clock.now(), follower, leader, follower_velocity=velocity, info=info)
+        with self._io_lock:
+            self._published = st
+
     def read(self) -> RigState:
         if self._error is not None:
             raise RigError(
                 f"the sim rig's physics thread failed: {self._error!r}; "
                 f"disconnect and connect again"
             )
-        with self._lock:
-            qpos = self.data.qpos
-            qvel = self.data.qvel
-            follower = self.index.follower(qpos)
-            velocity = np.empty(layout.DIM)
-            for side, arm in self.index.arms.items():
-                s = layout.arm_slice(side)
-                velocity[s.start : s.start + 6] = qvel[list(arm.dof)]
-                velocity[s.start + 6] = qvel[self._finger_dof[side]] * self._gripper_scale
-            info = {
-                "task": self.task.name,
-                "seed": self.seed,
-                "reward": self._reward,
-                "max_reward": self.task.max_reward,
-                "success": self._best >= self.task.max_reward,
-                "episode_max_reward": self._best,
-                "sim_time": self.episode_time,
-                "done": self.episode_time >= self.sim.episode_seconds - 0.5 * self.dt,
-                "limp": self._limp,
-            }
-            leader = self._leader.copy()
-        return RigState(clock.now(), follower, leader, follower_velocity=velocity, info=info)
+        with self._io_lock:
+            st = self._published
+        if st is None:
+            raise RigError("the sim rig is not connected: call rig.connect() first")
+        # copies: a caller may keep or modify what it read
+        return dataclasses.replace(st, follower=st.follower.copy(), leader=st.leader.copy(),
+                                   follower_velocity=st.follower_velocity.copy(),
+                                   info=dict(st.info))
 
     def _write_targets(self, q: np.ndarray) -> None:
         lo, hi = self.limits()
-        with self._lock:
+        with self._io_lock:
             self._targets = np.clip(q, lo, hi)
 
     def targets(self) -> np.ndarray:
-        with self._lock:
+        with self._io_lock:
             return self._targets.copy()
 
     def hold(self) -> None:
         with self._lock:
-            self._targets = self.index.follower(self.data.qpos)
+            with self._io_lock:
+                self._targets = self.index.follower(self.data.qpos)
             self._set_limp(False)
+            self._publish()
 
     def torque_off(self) -> None:
         with self._lock:
             self._set_limp(True)
+            self._publish()
 
     def _set_limp(self, limp: bool) -> None:
         self._limp = limp
