@@ -34,19 +34,19 @@ def test_teleop_with_cameras_on_the_hardware_path(tmp_path, color_recording):
             while session.status().teleop != "engaged" and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert session.status().teleop == "engaged"
-            # move the left leader's elbow by a quarter turn: the left follower follows
-            er.emulators["left_leader"].set_position(4, ct.CENTER_TICKS + 1024)
+            # move the left leader's elbow by 1/16 turn: the left follower follows
+            er.emulators["left_leader"].set_position(4, ct.CENTER_TICKS + 256)
             deadline = time.monotonic() + 5.0
             while time.monotonic() < deadline:
                 cmd = session.latest().command
-                if cmd is not None and abs(cmd[2] - np.pi / 2) < 1e-3:
+                if cmd is not None and abs(cmd[2] - np.pi / 8) < 1e-3:
                     break
                 time.sleep(0.05)
-            assert abs(session.latest().command[2] - np.pi / 2) < 1e-3
+            assert abs(session.latest().command[2] - np.pi / 8) < 1e-3
             later = {n: c.wait_next(frames[n].seq, timeout_s=5.0)
                      for n, c in session.rig.cameras.items()}
             assert all(later[n].seq > frames[n].seq for n in frames)
             st = session.status()
-            assert st.error == "" and 45 <= st.rate_hz <= 51
+            assert st.error == "" and st.teleop == "engaged" and 45 <= st.rate_hz <= 51
         # disconnected: every servo's torque is off
         assert not any(on for arm in er.torque().values() for on in arm.values())
