@@ -12,45 +12,15 @@ from drivers import layout
 from drivers.config import SimConfig
 from drivers.sim import scene
 from drivers.sim.operator import ArmIK
+from drivers.sim import scripted_teleop
 from drivers.sim.rig import SimRig
-from drivers.teleop import Teleop, TeleopState
 
 JOINTS = list(layout.JOINT_INDICES)
 GRIPPERS = list(layout.GRIPPER_INDICES)
 
 
 def run_episodes(sim_config, task, seeds):
-    """Teleoperate each seed's episode from the operator's leader arms, as the control loop does:
-    read, Teleop.step, advance one control period. Per seed: success, why teleop stopped (empty
-    if it never did), and the leader's largest per-step joint and gripper changes."""
-    cfg = sim_config.with_(
-        cameras=(), sim=dataclasses.replace(sim_config.sim or SimConfig(), task=task, realtime=False)
-    )
-    rig = SimRig(cfg)
-    results = {}
-    with rig:
-        steps = int(round(rig.sim.episode_seconds * rig.config.control_hz))
-        for seed in seeds:
-            rig.reset(seed)
-            teleop = Teleop(rig)
-            teleop.engage()
-            leader = []
-            for _ in range(steps):
-                state = rig.read()
-                leader.append(state.leader)
-                teleop.step(state)
-                if teleop.state is TeleopState.STOPPED:
-                    break
-                rig.step()
-            change = np.abs(np.diff(np.array(leader), axis=0))
-            results[seed] = {
-                "success": rig.read().info["success"],
-                "stopped": teleop.stop_reason if teleop.state is TeleopState.STOPPED else "",
-                "joint_step": float(change[:, JOINTS].max()),
-                "gripper_step": float(change[:, GRIPPERS].max()),
-                "engaged": teleop.state is TeleopState.ENGAGED,
-            }
-    return results
+    return scripted_teleop.run_episodes(sim_config, task, seeds)
 
 
 def check_teleop_path(results, max_failures):
