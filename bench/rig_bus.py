@@ -42,7 +42,7 @@ def _cycles(rig, n: int) -> tuple[float, np.ndarray]:
 
 
 def _read_latencies(rig) -> np.ndarray:
-    return np.concatenate([np.asarray(a.bus.latency.samples) for a in rig.arms])
+    return np.concatenate([a.bus.latency.values() for a in rig.arms])
 
 
 def teleop_cycles(quick: bool) -> list[Figure]:

@@ -12,14 +12,12 @@ becomes a ServoFault naming the arm, the joint, the id and the fault with what t
 
 from __future__ import annotations
 
-import collections
 import os
 import select
 import threading
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import numpy as np
 from dynamixel_sdk import (
     COMM_SUCCESS,
     GroupSyncRead,
@@ -31,6 +29,7 @@ from dynamixel_sdk import (
 from drivers.clock import now
 from drivers.dynamixel import control_table as ct
 from drivers.errors import ConnectionFailed, RigError, ServoFault
+from drivers.stats import RollingStats
 
 BY_ID_HINT = "`ls -l /dev/serial/by-id` lists the USB serial adapters (U2D2) plugged in"
 
@@ -76,28 +75,28 @@ class _BlockingPortHandler(PortHandler):
         return bytes(out)
 
 
-class LatencyStats:
-    """A window of per-read latencies (seconds) with percentiles."""
+class LatencyStats(RollingStats):
+    """Per-read latencies (seconds) over a window, with the bus's read/retry/failure counts."""
 
     def __init__(self, window: int = 20_000):
-        self.samples: collections.deque[float] = collections.deque(maxlen=window)
+        super().__init__(window)
         self.reads = 0
         self.retries = 0
         self.failures = 0
 
     def add(self, seconds: float) -> None:
-        self.samples.append(seconds)
+        super().add(seconds)
         self.reads += 1
 
-    def summary(self) -> dict:
-        s = np.asarray(self.samples, dtype=np.float64)
-        pct = (lambda q: float(np.percentile(s, q)) * 1e3) if s.size else (lambda q: None)
+    def summary(self) -> dict:  # type: ignore[override]
+        ms = super().summary(1e3)
+        has = ms["count"] > 0
         return {"reads": self.reads, "retries": self.retries, "failures": self.failures,
-                "p50_ms": pct(50), "p99_ms": pct(99),
-                "max_ms": float(s.max()) * 1e3 if s.size else None}
+                "p50_ms": ms["p50"] if has else None, "p99_ms": ms["p99"] if has else None,
+                "max_ms": ms["max"] if has else None}
 
     def reset(self) -> None:
-        self.samples.clear()
+        self.clear()
         self.reads = self.retries = self.failures = 0
 
 
