@@ -15,10 +15,10 @@ from app.cli.output import emit_json, error
 COMMANDS = (
     "gui",
     "teleop",
-    "bench",
-    "cameras",
     "scan",
     "calibrate",
+    "cameras",
+    "bench",
 )
 
 
