@@ -12,6 +12,7 @@ the gripper; a 7-vector per arm in drivers.layout order (waist .. wrist_rotate, 
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from drivers.dynamixel.calibration import ArmCalibration, load_calibration
 from drivers.errors import ConnectionFailed, ServoFault
 
 
-class DynamixelArm:
+class DynamixelArm(abc.ABC):
     role = ""
 
     def __init__(self, config: ArmConfig, calibration: ArmCalibration | str | Path, *,
@@ -97,8 +98,9 @@ class DynamixelArm:
             raise
         self.connected = True
 
+    @abc.abstractmethod
     def _configure(self) -> None:
-        raise NotImplementedError
+        """Operating modes and torque for this role (leader or follower), after the checks."""
 
     def disconnect(self) -> None:
         """Torque off and close; safe to call twice and after failures."""
