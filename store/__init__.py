@@ -1,0 +1,6 @@
+"""The episode store: demonstrations and runs on disk. One SQLite index (sqlite-utils, WAL) plus
+per-episode step arrays and streaming-encoded camera videos.
+
+Its own package because both sides read it: the recorder (app) writes episodes, the dataset view
+for training (xr0) reads them. It imports no Qt, no drivers and no xr0.
+"""
