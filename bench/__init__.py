@@ -14,6 +14,8 @@ from typing import Any
 BENCHES: dict[str, tuple[str, str]] = {
     "rig": ("bench.rig", "teleop cycles/s on emulated Dynamixel buses, control-loop period "
             "error, sim real-time factor"),
+    "record": ("bench.record", "three 480x640 cameras at 30 fps streaming-encoded plus 14-d state "
+               "at 50 Hz: dropped/duplicated frames, encode lag, time to finalise, MB/min"),
 }
 
 
