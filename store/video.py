@@ -150,6 +150,8 @@ class VideoWriter:
         if fmt == "mp4":
             cont_opts["movflags"] = "frag_keyframe+empty_moov+default_base_moof+use_metadata_tags"
         try:
+            # PyAV opens the file only at the first frame; create it now so a bad path fails here
+            open(self.path, "wb").close()
             self._container = av.open(self.path, "w", format=fmt, options=cont_opts)
         except OSError as e:
             raise VideoWriteError(f"cannot create video {self.path}: "
