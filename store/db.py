@@ -520,13 +520,13 @@ def _surviving(folder: Path) -> tuple[int, dict[str, int], float | None]:
 def _ensure_writable(root: Path) -> None:
     fix = ("choose a writable folder (--store DIR) or fix its permissions "
            f"(e.g. `chown -R $USER {root}`)")
+    if root.exists() and not root.is_dir():
+        raise StoreNotWritable(f"episode store {root} is not a folder; {fix}")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StoreNotWritable(f"cannot create the episode store {root}: "
                                f"{e.strerror or e}; {fix}") from e
-    if not root.is_dir():
-        raise StoreNotWritable(f"episode store {root} is not a folder; {fix}")
     probe = root / f".write-probe-{os.getpid()}"
     try:
         with open(probe, "wb") as f:
