@@ -350,6 +350,11 @@ class EpisodeStore:
         if n == 0:
             raise StoreError(f"episode {eid} has no surviving steps: nothing to recover. "
                              f"Discard it")
+        for cam in manifest["cameras"]:
+            video = info.folder / info.videos[cam]
+            if not video.is_file() or video.stat().st_size == 0:
+                raise EpisodeUnreadable(f"episode {eid} cannot be recovered: the video of camera "
+                                        f"{cam!r} ({video}) is missing or empty. Discard it")
         cols.truncate_group(info.folder, "steps", manifest["steps"], n)
         counts = {}
         for cam in manifest["cameras"]:
