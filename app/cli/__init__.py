@@ -18,6 +18,7 @@ COMMANDS = (
     "scan",
     "calibrate",
     "cameras",
+    "episodes",
     "bench",
 )
 
