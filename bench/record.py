@@ -118,7 +118,7 @@ def record(seconds: float, quality: str, folder: str) -> dict:
         dup += len(seen) - len(uniq)
         per_cam.append({"camera": c, "sent": sent, "decoded": len(seen),
                         "MB_per_min": infos[k].bytes / 1e6 / (seconds / 60)})
-    lag = np.concatenate([np.asarray([i.lag_ms_p50, i.lag_ms_p99]) for i in infos])
+    lag = np.asarray([i.lag_ms_max for i in infos])
     late = np.concatenate([np.asarray(x) for x in lates]) * 1000
     st = state[0]
     return {
