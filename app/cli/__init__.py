@@ -15,6 +15,7 @@ from app.cli.output import emit_json, error
 COMMANDS = (
     "gui",
     "teleop",
+    "record",
     "scan",
     "calibrate",
     "cameras",

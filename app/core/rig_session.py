@@ -29,7 +29,7 @@ class StepRecord:
     """One control step as seen by listeners."""
 
     k: int
-    t: float
+    t: float  # drivers.clock.now() at the control tick
     state: RigState
     command: np.ndarray | None  # None when the followers were holding
 
@@ -66,6 +66,7 @@ class RigSession:
         self._missed = 0
         self._t_start = 0.0
         self.priority = "normal"  # scheduling class the control thread got
+        self.listener_errors: list[str] = []  # listeners removed after raising
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -181,16 +182,24 @@ class RigSession:
         try:
             while not self._stop.is_set():
                 late = ticker.wait()
+                t_tick = now()
                 self.period_error.add(late)
                 st = self.rig.read()
                 with self._lock:
                     step: TeleopStep | None = self.teleop.step(st) if self.teleop else None
-                rec = StepRecord(k, st.t, st, None if step is None else step.command)
+                # the step is stamped at its tick: state and action at the control rate on the
+                # one clock (st.t is when the rig sampled the state, which a sim may repeat)
+                rec = StepRecord(k, t_tick, st, None if step is None else step.command)
                 self._latest = rec
                 self._steps = k + 1
                 self._missed = ticker.missed
                 for fn in list(self._listeners):
-                    fn(rec)
+                    try:
+                        fn(rec)
+                    except Exception as e:  # noqa: BLE001 - a listener never stops the arms
+                        self.remove_listener(fn)
+                        self.listener_errors.append(f"{getattr(fn, '__qualname__', fn)}: "
+                                                    f"{type(e).__name__}: {e}")
                 self.cycle_time.add(now() - ticker.t0 - ticker.k * ticker.period - late)
                 k += 1
         except Exception as e:  # noqa: BLE001 - any failure must leave the arms safe

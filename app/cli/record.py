@@ -1,0 +1,83 @@
+"""`python main.py record --rig sim|CONFIG --task TEXT --episodes N [--seconds S] --store DIR
+[--json]`: record demonstrations headless. On the sim rig the scripted operator plays the leader
+arms (one seeded episode each); on hardware the leader arms drive the followers, with a warm-up
+before and a reset period after each episode."""
+
+from __future__ import annotations
+
+import time
+
+from app.cli.output import emit_json, error
+
+
+def register(sub) -> None:
+    p = sub.add_parser("record", help="record demonstrations into an episode store")
+    p.add_argument("--rig", default="sim", help="'sim', a name in assets/rigs, or a .toml path")
+    p.add_argument("--task", required=True, help="the language instruction of these episodes")
+    p.add_argument("--episodes", type=int, default=1, help="how many episodes (default 1)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="episode length (default: the sim episode, or 20 s on hardware)")
+    p.add_argument("--warmup", type=float, default=3.0, help="hardware: seconds before each")
+    p.add_argument("--reset", type=float, default=5.0, help="hardware: seconds between episodes")
+    p.add_argument("--store", required=True, help="episode store folder (created if missing)")
+    p.add_argument("--quality", default="high", choices=("high", "lossless"),
+                   help="video: H.264 high quality (default) or lossless")
+    p.add_argument("--tag", action="append", default=[], help="tag the episodes (repeatable)")
+    p.add_argument("--json", action="store_true", help="JSON lines: phases, episodes, summary")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from app.core.recorder import CyclePlan, EpisodeCycle
+    from app.core.rig_session import RigSession
+    from drivers.config import load_rig_config
+    from store import EpisodeStore, StoreError
+
+    if args.episodes < 1:
+        raise ValueError("--episodes must be at least 1")
+    cfg = load_rig_config(args.rig)
+    try:
+        store = EpisodeStore.open(args.store)
+    except StoreError as e:
+        if args.json:
+            emit_json({"event": "error", "error": type(e).__name__, "message": str(e)})
+        error(str(e))
+        return 2
+    seconds = args.seconds if args.seconds is not None else (
+        cfg.sim.episode_seconds if cfg.kind == "sim" else 20.0)
+
+    def on_event(ev: dict) -> None:
+        if args.json:
+            emit_json(ev)
+        elif ev["event"] == "phase" and ev["phase"] in ("warm-up", "recording", "reset"):
+            if ev["seconds"] > 0:
+                print(f"episode {ev['episode']}/{ev['of']}: {ev['phase']} ({ev['seconds']:.0f} s)")
+        elif ev["event"] == "episode":
+            frames = ", ".join(f"{k} {v}" for k, v in ev["frames"].items())
+            print(f"episode {ev['id']} saved: {ev['duration_s']:.1f} s, {ev['steps']} steps, "
+                  f"frames {frames}, success {ev['success']}")
+
+    plan = CyclePlan(task=args.task, episodes=args.episodes, seconds=seconds,
+                     warmup_s=args.warmup, reset_s=args.reset, tags=tuple(args.tag),
+                     quality=args.quality)
+    session = RigSession(cfg)
+    with session:
+        cycle = EpisodeCycle(session, store, plan, on_event=on_event)
+        cycle.start()
+        try:
+            while cycle.phase.value not in ("done", "failed"):
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            cycle.stop()
+        cycle.join(timeout=30)
+    store.close()
+    summary = {"event": "summary", "store": str(args.store), "episodes": [i.id for i in cycle.done],
+               "error": cycle.error}
+    if args.json:
+        emit_json(summary)
+    else:
+        print(f"{len(cycle.done)} episode(s) recorded into {args.store}")
+    if cycle.error:
+        error(cycle.error)
+        return 1
+    return 0

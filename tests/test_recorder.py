@@ -1,0 +1,133 @@
+"""Recording demonstrations end to end on the real sim rig: RigSession -> Recorder -> episode
+store (SQLite + step columns + streaming video), through `main.py record` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.core.recorder import CyclePlan, EpisodeCycle
+from app.core.rig_session import RigSession
+from store import EpisodeStore
+from store.video import VideoReader
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _record_cmd(store: Path, *extra: str) -> list[str]:
+    return [sys.executable, "main.py", "record", "--rig", "sim", "--task", "transfer the cube",
+            "--store", str(store), "--json", *extra]
+
+
+def test_record_two_sim_episodes_and_read_them_back(tmp_path):
+    store_dir = tmp_path / "store"
+    r = subprocess.run(_record_cmd(store_dir, "--episodes", "2", "--seconds", "2"), cwd=ROOT,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(x) for x in r.stdout.splitlines()]
+    saved = [e for e in events if e["event"] == "episode"]
+    assert len(saved) == 2 and all(not any(e["dropped"].values()) for e in saved)
+    store = EpisodeStore.open(store_dir)
+    eps = store.episodes(status="complete")
+    assert [e.id for e in eps] == [1, 2] and {e.task for e in eps} == {"transfer the cube"}
+    for info in eps:
+        data = store.episode(info.id)
+        n = len(data.t)
+        assert 90 <= n <= 105, n  # 2 s at 50 Hz
+        dt = np.diff(data.t)
+        assert np.all(dt > 0) and abs(np.median(dt) - 0.02) < 0.002
+        assert data.state.shape == (n, 14) and data.action.shape == (n, 14)
+        assert np.isfinite(data.leader).all() and np.isfinite(data.extra["reward"]).all()
+        # the followers moved under the scripted operator
+        assert np.ptp(data.state[:, :6], axis=0).max() > 0.05
+        for cam, times in data.frame_times.items():
+            with VideoReader(data.video_path(cam)) as v:
+                assert v.frame_count == len(times) == info.frame_counts[cam]
+                assert 40 <= len(times) <= 55  # 25 fps for 2 s
+                assert v.frame(len(times) - 1).shape == (240, 320, 3)
+            assert times[0] >= data.t[0] - 0.05 and times[-1] <= data.t[-1] + 0.05
+    # episodes listing, as the user sees it
+    r = subprocess.run([sys.executable, "main.py", "episodes", "--store", str(store_dir),
+                        "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 2
+
+
+def test_killed_recording_keeps_earlier_episodes_and_leaves_the_partial_one_recoverable(tmp_path):
+    store_dir = tmp_path / "store"
+    p = subprocess.Popen(_record_cmd(store_dir, "--episodes", "3", "--seconds", "3"), cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        saved = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = p.stdout.readline()
+            if not line:
+                break
+            ev = json.loads(line)
+            if ev["event"] == "episode":
+                saved = ev
+            if saved and ev["event"] == "phase" and ev["phase"] == "recording":
+                time.sleep(1.8)  # well into episode 2: at least one flush of its columns
+                os.kill(p.pid, signal.SIGKILL)
+                break
+        assert saved is not None, p.stderr.read()
+    finally:
+        p.kill()
+        p.wait()
+    before = {f: f.read_bytes() for f in (store_dir / "episodes").glob("000001/**/*")
+              if f.is_file() and f.name != ".writer.lock"}
+    store = EpisodeStore.open(store_dir)
+    assert store.recovered == [2]
+    assert store.info(1).status == "complete" and store.info(2).status == "incomplete"
+    first = store.episode(1)
+    assert len(first.t) == saved["steps"]
+    after = {f: f.read_bytes() for f in before}
+    assert after == before, "a later crash changed an earlier episode's files"
+    rec = store.recover(2)
+    assert rec.status == "complete" and rec.steps >= 40
+    data = store.episode(2)
+    assert np.all(np.diff(data.t) > 0)
+
+
+def test_rerecord_and_discard_leave_only_kept_episodes(tmp_path, sim_config):
+    store = EpisodeStore.open(tmp_path / "store")
+    session = RigSession(sim_config)
+    events = []
+    with session:
+        cycle = EpisodeCycle(session, store, CyclePlan(task="t", episodes=2, seconds=1.5),
+                             on_event=events.append)
+        cycle.start()
+        while cycle.phase.value != "recording":
+            time.sleep(0.02)
+        time.sleep(0.3)
+        cycle.rerecord()  # episode 1 again
+        while not [e for e in events if e["event"] == "rerecord"]:
+            time.sleep(0.02)
+        cycle.join(timeout=60)
+        assert cycle.error == "" and cycle.phase.value == "done"
+    kept = store.episodes(status="complete")
+    assert len(kept) == 2
+    assert [e.status for e in store.episodes(status=None)].count("complete") == 2
+    assert not session.listener_errors
+
+
+def test_a_failing_listener_never_stops_the_control_loop(sim_config):
+    session = RigSession(sim_config)
+
+    def broken(rec):
+        raise ValueError("boom")
+
+    with session:
+        session.add_listener(broken)
+        time.sleep(0.3)
+        st = session.status()
+        assert st.running and st.error == ""
+        assert session.listener_errors and "boom" in session.listener_errors[0]
