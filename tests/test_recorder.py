@@ -131,3 +131,48 @@ def test_a_failing_listener_never_stops_the_control_loop(sim_config):
         st = session.status()
         assert st.running and st.error == ""
         assert session.listener_errors and "boom" in session.listener_errors[0]
+
+
+def test_replay_plays_a_recorded_demonstration_back_after_a_safe_ramp(tmp_path):
+    store_dir = tmp_path / "store"
+    r = subprocess.run(_record_cmd(store_dir, "--episodes", "1"), cwd=ROOT, capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    saved = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "episode"]
+    assert saved[-1]["success"] is True
+    assert any(t.startswith("seed:") for t in EpisodeStore.open(store_dir).info(1).tags)
+    r = subprocess.run([sys.executable, "main.py", "replay", "--store", str(store_dir),
+                        "--episode", "1", "--rig", "sim", "--json"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert summary["steps"] == saved[-1]["steps"] and summary["success"] is True
+
+
+def test_replay_ramps_then_plays_the_actions_exactly(sim_config):
+    import dataclasses
+
+    from drivers.replay import ReplaySource, ReplayState
+    from drivers.sim.rig import SimRig
+
+    cfg = sim_config.with_(cameras=(), sim=dataclasses.replace(sim_config.sim, realtime=False))
+    rig = SimRig(cfg)
+    with rig:
+        start = rig.read().follower
+        actions = np.repeat(start[None], 30, axis=0)
+        actions[:, 1] += np.linspace(0.3, 0.4, 30)  # first pose 0.3 rad away, then a slow move
+        replay = ReplaySource(rig, actions)
+        sent, last = [], None
+        while replay.state is not ReplayState.DONE:
+            out = replay.step(rig.read())
+            if last is not None:
+                assert np.all(np.abs(out.command - last) <= replay.filter.max_step + 1e-9)
+            sent.append((out.index, out.command))
+            last = out.command
+            rig.step()
+        ramp = [c for i, c in sent if i < 0]
+        assert 10 <= len(ramp) <= 30  # 0.3 rad at 1 rad/s = 15 steps
+        played = np.array([c for i, c in sent if i >= 0])
+        np.testing.assert_allclose(played, actions)
+        with pytest.raises(ValueError, match=r"\(N, 14\)"):
+            ReplaySource(rig, np.zeros((5, 7)))

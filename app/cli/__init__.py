@@ -16,6 +16,7 @@ COMMANDS = (
     "gui",
     "teleop",
     "record",
+    "replay",
     "scan",
     "calibrate",
     "cameras",

@@ -282,8 +282,11 @@ class EpisodeCycle:
                 seconds = self.plan.seconds
                 if self.is_sim:
                     seconds = min(seconds, self.session.config.sim.episode_seconds)
-                self.current = Recording(self.session, self.store, self.plan.task,
-                                         self.plan.tags, self.plan.quality)
+                tags = self.plan.tags
+                if self.is_sim and getattr(self.session.rig, "seed", None) is not None:
+                    tags = (*tags, f"seed:{self.session.rig.seed}")  # replayable in the same scene
+                self.current = Recording(self.session, self.store, self.plan.task, tags,
+                                         self.plan.quality)
                 self._set_phase(Phase.RECORDING, seconds)
                 cmd = self._record_until(seconds)
                 if cmd in ("rerecord", "discard"):

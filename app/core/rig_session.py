@@ -21,7 +21,7 @@ from drivers.clock import Ticker, now
 from drivers.config import RigConfig
 from drivers.rig import Frame, Rig, RigState, open_rig
 from drivers.stats import RollingStats
-from drivers.teleop import Teleop, TeleopState, TeleopStep
+from drivers.teleop import Teleop, TeleopState
 
 
 @dataclass
@@ -67,6 +67,9 @@ class RigSession:
         self._t_start = 0.0
         self.priority = "normal"  # scheduling class the control thread got
         self.listener_errors: list[str] = []  # listeners removed after raising
+        # What commands the followers instead of teleop (a replay, later the policy runtime):
+        # an object with step(RigState) -> an object with .command, or None to hold.
+        self.source = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -112,6 +115,7 @@ class RigSession:
     def estop(self) -> None:
         """E-stop: effective at once from the calling thread (no wait for the loop)."""
         self.rig.estop()
+        self.source = None  # a replay or policy does not resume by itself after an e-stop
         if self.teleop is not None:
             self.teleop.stop("e-stop pressed: release it, then engage again")
 
@@ -119,6 +123,13 @@ class RigSession:
         self.rig.clear_estop()
         if self.teleop is not None and self.teleop.state is TeleopState.STOPPED:
             self.teleop.reset()
+
+    def set_source(self, source) -> None:
+        """Let `source` command the followers instead of teleop (None gives control back)."""
+        with self._lock:
+            if self.teleop is not None and source is not None:
+                self.teleop.disengage()
+            self.source = source
 
     def add_listener(self, fn: Callable[[StepRecord], None]) -> None:
         self._listeners.append(fn)
@@ -186,7 +197,8 @@ class RigSession:
                 self.period_error.add(late)
                 st = self.rig.read()
                 with self._lock:
-                    step: TeleopStep | None = self.teleop.step(st) if self.teleop else None
+                    source = self.source if self.source is not None else self.teleop
+                    step = source.step(st) if source is not None else None
                 # the step is stamped at its tick: state and action at the control rate on the
                 # one clock (st.t is when the rig sampled the state, which a sim may repeat)
                 rec = StepRecord(k, t_tick, st, None if step is None else step.command)
