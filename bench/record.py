@@ -138,17 +138,18 @@ def _figures(r: dict) -> Iterator[Figure]:
     d = {"seconds": r["seconds"], "stalls": r["stalls"], "stall_s": round(r["stall_s"], 3),
          "camera_late_ms_p99": round(r["camera_late_ms_p99"], 2),
          "state_rows": r["state_rows"], "state_rate_hz": round(r["state_rate_hz"], 2)}
-    yield Figure("record", f"dropped frames ({q}, 3 cams)", r["dropped"], "frames", "0", ANCHOR,
+    yield Figure("record", f"dropped_frames_{q}", r["dropped"], "frames", "0", ANCHOR,
                  r["dropped"] == 0, d)
-    yield Figure("record", f"duplicated frames ({q})", r["duplicated"], "frames", "0", ANCHOR,
+    yield Figure("record", f"duplicated_frames_{q}", r["duplicated"], "frames", "0", ANCHOR,
                  r["duplicated"] == 0)
-    yield Figure("record", f"encode lag p50 ({q})", r["lag_p50"], "ms", "", "write() -> muxed")
-    yield Figure("record", f"encode lag p99 ({q})", r["lag_p99"], "ms", "", "write() -> muxed",
-                 detail={"max_ms": round(r["lag_max"], 1)})
-    yield Figure("record", f"time to finalise ({q})", r["finalise_s"], "s", "<= 1 s", ANCHOR,
+    yield Figure("record", f"encode_lag_p50_{q}", r["lag_p50"], "ms", "", ANCHOR,
+                 detail={"what": "write() to muxed in the file"})
+    yield Figure("record", f"encode_lag_p99_{q}", r["lag_p99"], "ms", "", ANCHOR,
+                 detail={"what": "write() to muxed in the file", "max_ms": round(r["lag_max"], 1)})
+    yield Figure("record", f"finalise_time_{q}", r["finalise_s"], "s", "<= 1 s", ANCHOR,
                  r["finalise_s"] <= 1.0)
-    yield Figure("record", f"MB per minute, 3 cameras ({q})", r["mb_per_min_total"], "MB/min", "",
-                 "", detail={p["camera"]: round(p["MB_per_min"], 2) for p in r["per_camera"]})
+    yield Figure("record", f"mb_per_minute_{q}", r["mb_per_min_total"], "MB/min", "",
+                 ANCHOR, detail={p["camera"]: round(p["MB_per_min"], 2) for p in r["per_camera"]})
 
 
 def run(quick: bool = False) -> Iterator[Figure]:

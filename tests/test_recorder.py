@@ -176,3 +176,21 @@ def test_replay_ramps_then_plays_the_actions_exactly(sim_config):
         np.testing.assert_allclose(played, actions)
         with pytest.raises(ValueError, match=r"\(N, 14\)"):
             ReplaySource(rig, np.zeros((5, 7)))
+
+
+def test_estop_during_recording_stops_and_keeps_the_episode_incomplete(tmp_path, sim_config):
+    store = EpisodeStore.open(tmp_path / "store")
+    session = RigSession(sim_config)
+    with session:
+        cycle = EpisodeCycle(session, store, CyclePlan(task="t", episodes=2, seconds=3.0))
+        cycle.start()
+        while cycle.phase.value != "recording":
+            time.sleep(0.02)
+        time.sleep(1.5)
+        session.estop()
+        cycle.join(timeout=30)
+        assert cycle.phase.value == "failed" and "e-stop pressed" in cycle.error
+        assert session.rig.estopped, "recording must never release the e-stop"
+    (info,) = store.episodes(status=None)
+    assert info.status == "incomplete" and not store.episodes(status="complete")
+    assert store.recover(info.id).status == "complete"

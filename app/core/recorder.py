@@ -159,6 +159,16 @@ class Recording:
         self._abort_videos()
         self.writer.discard()
 
+    def abandon(self) -> None:
+        """Stop and keep what was written as an incomplete episode (recover or discard later)."""
+        self._stop_producers()
+        try:
+            for v in self._videos.values():
+                v.close()
+        except VideoError:
+            self._abort_videos()
+        self.writer.abandon()
+
     @property
     def elapsed(self) -> float:
         return now() - self.t_start
@@ -196,6 +206,7 @@ class EpisodeCycle:
         self.phase = Phase.IDLE
         self.phase_until = 0.0
         self.done: list[EpisodeInfo] = []
+        self.target = plan.episodes  # a discarded episode lowers it
         self.error = ""
         self.current: Recording | None = None
         self._cmd: str | None = None
@@ -236,7 +247,7 @@ class EpisodeCycle:
         self.phase = phase
         self.phase_until = now() + seconds
         self.on_event({"event": "phase", "phase": phase.value, "seconds": seconds,
-                       "episode": len(self.done) + 1, "of": self.plan.episodes})
+                       "episode": len(self.done) + 1, "of": self.target})
 
     def _wait(self, seconds: float) -> str | None:
         end = now() + seconds
@@ -251,6 +262,8 @@ class EpisodeCycle:
         """Record until the time is up, the sim episode ends, a command comes, or the recording
         fails (then finish() raises the failure)."""
         while self.current.elapsed < seconds and not self.current.error:
+            if self.session.rig.estopped:
+                return "estop"
             cmd = self._take()
             if cmd:
                 return cmd
@@ -265,14 +278,13 @@ class EpisodeCycle:
         if hasattr(rig, "reset"):
             self.session.disengage()
             rig.reset()
-            self.session.release_estop()
-            self.session.engage()
+            self.session.engage()  # refused while the e-stop is active: never released here
 
     def _run(self) -> None:
         try:
             if self.session.teleop is not None and self.session.teleop.state.value == "idle":
                 self.session.engage()
-            while len(self.done) < self.plan.episodes:
+            while len(self.done) < self.target:
                 if self.is_sim:
                     self._begin_sim_episode()
                 warmup = 0.0 if self.is_sim else self.plan.warmup_s
@@ -294,14 +306,18 @@ class EpisodeCycle:
                     self.on_event({"event": cmd, "episode": len(self.done) + 1})
                     self.current = None
                     if cmd == "discard":
-                        self.plan.episodes -= 1
+                        self.target -= 1
                     continue
+                if cmd == "estop":
+                    episode = self.current.writer.id
+                    self.current.abandon()
+                    self.current = None
+                    raise RuntimeError(f"e-stop pressed: recording stopped, episode {episode} "
+                                       f"kept as incomplete (recover or discard it)")
                 success = None
                 rec = self.session.latest()
                 if rec is not None and "success" in rec.state.info:
-                    success = bool(rec.state.info.get("success") or
-                                   rec.state.info.get("episode_max_reward", 0)
-                                   >= rec.state.info.get("max_reward", np.inf))
+                    success = bool(rec.state.info["success"])
                 info = self.current.finish(success=success)
                 stats = self.current.stats
                 self.current = None
@@ -310,7 +326,7 @@ class EpisodeCycle:
                                "duration_s": info.duration_s, "steps": info.steps,
                                "frames": info.frame_counts, "dropped": stats.dropped,
                                "success": info.success})
-                if cmd == "stop" or len(self.done) >= self.plan.episodes:
+                if cmd == "stop" or len(self.done) >= self.target:
                     break
                 self._set_phase(Phase.RESET, 0.0 if self.is_sim else self.plan.reset_s)
                 if self._wait(0.0 if self.is_sim else self.plan.reset_s) == "stop":
