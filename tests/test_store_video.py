@@ -87,10 +87,11 @@ def test_random_access_equals_sequential_decode(tmp_path):
 def test_burst_larger_than_one_encode_is_queued_not_dropped(tmp_path):
     path = tmp_path / "cam.mp4"
     n = 120
+    frames = [smooth_frame(i) for i in range(n)]  # made beforehand: the burst is only write()
     w = VideoWriter(path, W, H, 30, queue_frames=8)
     t0 = time.perf_counter()
-    for i in range(n):           # all at once: far faster than 30 fps
-        w.write(smooth_frame(i), 5.0 + i / 30)
+    for i, f in enumerate(frames):  # all at once: far faster than the encoder
+        w.write(f, 5.0 + i / 30)
     burst_s = time.perf_counter() - t0
     info = w.close()
     assert info.frames == n
