@@ -355,12 +355,13 @@ class EpisodeStore:
             if not video.is_file() or video.stat().st_size == 0:
                 raise EpisodeUnreadable(f"episode {eid} cannot be recovered: the video of camera "
                                         f"{cam!r} ({video}) is missing or empty. Discard it")
-        cols.truncate_group(info.folder, "steps", manifest["steps"], n)
         counts = {}
         for cam in manifest["cameras"]:
-            m = len(cols.read_group(info.folder, "frames", {cam: 1})[cam])
+            logged = len(cols.read_group(info.folder, "frames", {cam: 1})[cam])
+            counts[cam] = min(logged, _decodable_frames(eid, cam, info.folder / info.videos[cam]))
+        cols.truncate_group(info.folder, "steps", manifest["steps"], n)
+        for cam, m in counts.items():
             cols.truncate_group(info.folder, "frames", {cam: 1}, m)
-            counts[cam] = m
         cols.fsync_dir(info.folder)
         with self._tx():
             self.db.conn.execute(
@@ -520,6 +521,21 @@ def _surviving(folder: Path) -> tuple[int, dict[str, int], float | None]:
         return 0, {}, None
     t = steps["t"]
     return len(t), frames, (float(t[-1] - t[0]) if len(t) else None)
+
+
+def _decodable_frames(eid: int, camera: str, video: Path) -> int:
+    """Frames a killed recording's video really holds. The video and its frame-time log are
+    written by different threads, so either may be ahead: the fragmented MP4 loses its last
+    unfinished fragment (up to one GOP plus the encoder look-ahead), the time log its last
+    unflushed rows. Recovery keeps the frames present in both."""
+    from store.video import VideoError, VideoReader
+
+    try:
+        with VideoReader(video) as r:
+            return r.frame_count
+    except VideoError as e:
+        raise EpisodeUnreadable(f"episode {eid} cannot be recovered: the video of camera "
+                                f"{camera!r} does not decode ({e}). Discard it") from e
 
 
 def _ensure_writable(root: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from store import EpisodeStore
+from store.video import VideoReader
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,6 +22,7 @@ RECORDER = textwrap.dedent("""
     import json, sys, time
     import numpy as np
     from store import EpisodeStore, StoreWriteError
+    from store.video import VideoWriter
 
     store = EpisodeStore.open(sys.argv[1])
     mode = sys.argv[2]
@@ -36,13 +38,17 @@ RECORDER = textwrap.dedent("""
         w = store.begin_episode(task="stack the cups", rig="sim", control_hz=50, joint_names=names,
                                 cameras={"top": (64, 48, 30)}, flush_s=0.05)
         # the recorder streams each camera's video into its file from the first frame on
-        w.camera_path("top").write_bytes(b"frames of episode %d" % ep)
+        video = VideoWriter(w.camera_path("top"), 64, 48, 25) if mode == "kill" else None
+        if video is None:
+            w.camera_path("top").write_bytes(b"frames of episode %d" % ep)
         try:
             for i in range(n):
                 t += 0.02
                 x = np.full(14, ep * 10000 + i, dtype=float)
                 w.add_step(t, x, -x, leader=x + 0.5)
                 if i % 2 == 0:
+                    if video is not None:  # frame k shows grey level 2k mod 256
+                        video.write(np.full((48, 64, 3), i % 256, np.uint8), t)
                     w.add_frame_time("top", t)
                 if ep >= 2 and i % 50 == 49:
                     time.sleep(0.06)  # let the writer thread flush
@@ -50,6 +56,8 @@ RECORDER = textwrap.dedent("""
         except StoreWriteError as e:
             print(json.dumps({"error": str(e), "episode": w.id}), flush=True)
             sys.exit(3)
+        if video is not None:
+            video.close()
         info = w.finish(success=True)
         print(json.dumps({"done": info.id}), flush=True)
 """)
@@ -98,8 +106,18 @@ def test_sigkill_mid_episode_leaves_store_consistent_and_recoverable(tmp_path):
     info = store.info(partial)
     assert info.status == "incomplete"
     assert info.steps >= flushed  # everything written before the last flush survived
+    logged = len(store.episode(partial).frame_times["top"])
     rec = store.recover(partial)
     assert rec.status == "complete" and rec.steps == info.steps
+    # the frame-time log and the killed video agree after recovery: every kept frame time has
+    # its frame in the file, and frame k is still the k-th frame written
+    kept = rec.frame_counts["top"]
+    with VideoReader(rec.folder / rec.videos["top"]) as r:
+        assert 0 < kept == min(logged, r.frame_count)
+        assert logged - kept <= 15 + 8 and r.frame_count - kept <= 15 + 8  # <= a GOP + lookahead
+        for k in (0, kept // 2, kept - 1):
+            assert abs(float(r.frame(k).mean()) - (2 * k) % 256) < 3
+    assert len(store.episode(partial).frame_times["top"]) == kept
     d = store.episode(partial)
     np.testing.assert_array_equal(d.state[:, 0], 20000 + np.arange(rec.steps))
     np.testing.assert_array_equal(d.action, -d.state)
