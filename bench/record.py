@@ -1,8 +1,12 @@
 """`python main.py bench record`: streaming recording of three cameras plus state, on 2 cores.
 
-Three synthetic cameras (480x640, 30 fps) each run in their own thread paced by the one clock
-(drivers.clock.Ticker) and hand every frame to a store.video.VideoWriter; a 50 Hz thread produces
-14-d state into an in-memory array. Frame content moves every frame (a textured gradient that
+The recorder's own path: one episode of a real store (EpisodeStore.begin_episode ->
+EpisodeWriter). Three synthetic cameras (480x640, 30 fps) each run in their own thread paced by the
+one clock (drivers.clock.Ticker), hand every frame to a store.video.VideoWriter streaming into the
+episode's video file and log its time with EpisodeWriter.add_frame_time; a 50 Hz thread adds 14-d
+state and action steps with EpisodeWriter.add_step. Finalising = closing the video writers plus
+EpisodeWriter.finish() (flush + fsync + the index row), and the figures are read back from the
+store: the episode's steps and frame-time logs must match what was sent. Frame content moves every frame (a textured gradient that
 scrolls, a moving block and sensor-like noise) so the encoder does real work, and each frame's
 index is stamped into a row of 16x16 binary blocks, so the decoded files tell dropped and
 duplicated frames apart from encoder loss.
@@ -24,6 +28,8 @@ import numpy as np
 
 from bench import Figure
 from drivers.clock import Ticker, now
+from drivers.layout import NAMES
+from store import EpisodeStore, EpisodeWriter
 from store.video import VideoReader, VideoWriter
 
 H, W, FPS, CAMERAS, STATE_HZ = 480, 640, 30, ("ego", "left_wrist", "right_wrist"), 50
@@ -62,42 +68,48 @@ def read_index(img: np.ndarray) -> int:
     return int(sum(1 << b for b in range(BITS) if bits[b]))
 
 
-def _camera_thread(cam: SyntheticCamera, writer: VideoWriter, seconds: float, late: list,
-                   count: list, start: threading.Event) -> None:
+def _camera_thread(cam: SyntheticCamera, name: str, writer: VideoWriter, episode: EpisodeWriter,
+                   seconds: float, late: list, count: list, start: threading.Event) -> None:
     start.wait()
     n = int(seconds * FPS)
     tick = Ticker(FPS)
     for i in range(n):
         late.append(tick.wait())
         img = cam.frame(i)
-        writer.write(img, now())
+        t = now()
+        writer.write(img, t)
+        episode.add_frame_time(name, t)
     count.append(n)
 
 
-def _state_thread(seconds: float, out: list, start: threading.Event) -> None:
+def _state_thread(seconds: float, episode: EpisodeWriter, out: list,
+                  start: threading.Event) -> None:
     start.wait()
     n = int(seconds * STATE_HZ)
-    buf = np.zeros((n, 15), np.float64)  # t + 14-d state
     tick = Ticker(STATE_HZ)
     for k in range(n):
         tick.wait()
-        buf[k, 0] = now()
-        buf[k, 1:] = np.sin(k / 50.0 + np.arange(14))
-    out.append(buf)
+        state = np.sin(k / 50.0 + np.arange(14))
+        episode.add_step(now(), state, state + 0.01, leader=state + 0.01, follower=state)
+    out.append(n)
 
 
 def record(seconds: float, quality: str, folder: str) -> dict:
+    store = EpisodeStore.open(folder)
+    episode = store.begin_episode(task="bench: three cameras and state", rig="synthetic",
+                                  control_hz=STATE_HZ, joint_names=NAMES,
+                                  cameras={c: (W, H, FPS) for c in CAMERAS})
     cams = [SyntheticCamera(s) for s in range(len(CAMERAS))]
-    writers = [VideoWriter(os.path.join(folder, f"{c}.mp4"), W, H, FPS, quality=quality)
-               for c in CAMERAS]
+    writers = [VideoWriter(episode.camera_path(c), W, H, FPS, quality=quality) for c in CAMERAS]
     start = threading.Event()
     lates = [[] for _ in CAMERAS]
     counts = [[] for _ in CAMERAS]
     state: list = []
     threads = [threading.Thread(target=_camera_thread,
-                                args=(cams[k], writers[k], seconds, lates[k], counts[k], start))
+                                args=(cams[k], CAMERAS[k], writers[k], episode, seconds, lates[k],
+                                      counts[k], start))
                for k in range(len(CAMERAS))]
-    threads.append(threading.Thread(target=_state_thread, args=(seconds, state, start)))
+    threads.append(threading.Thread(target=_state_thread, args=(seconds, episode, state, start)))
     for t in threads:
         t.start()
     start.set()
@@ -105,13 +117,19 @@ def record(seconds: float, quality: str, folder: str) -> dict:
         t.join()
     t_last = now()
     infos = [w.close() for w in writers]
+    info = episode.finish(success=True)
     finalise = now() - t_last
 
+    data = store.episode(info.id)   # read back through the store, as training will
+    store.close()
     dropped = dup = 0
     per_cam = []
     for k, c in enumerate(CAMERAS):
         sent = counts[k][0]
-        with VideoReader(os.path.join(folder, f"{c}.mp4")) as r:
+        if len(data.frame_times[c]) != sent:
+            raise RuntimeError(f"camera {c}: {sent} frames sent, {len(data.frame_times[c])} "
+                               f"frame times stored")
+        with VideoReader(data.video_path(c)) as r:
             seen = [read_index(r.frame(i)) for i in range(len(r))]
         uniq = set(seen)
         dropped += sent - len(uniq & set(range(sent)))
@@ -120,7 +138,9 @@ def record(seconds: float, quality: str, folder: str) -> dict:
                         "MB_per_min": infos[k].bytes / 1e6 / (seconds / 60)})
     lag = np.asarray([i.lag_ms_max for i in infos])
     late = np.concatenate([np.asarray(x) for x in lates]) * 1000
-    st = state[0]
+    if data.t.shape != (state[0],):
+        raise RuntimeError(f"{state[0]} steps sent, {data.t.shape[0]} stored")
+    st = np.column_stack([data.t, data.state])
     return {
         "quality": quality, "seconds": seconds, "dropped": dropped, "duplicated": dup,
         "lag_p50": float(np.median([i.lag_ms_p50 for i in infos])),
