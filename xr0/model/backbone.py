@@ -1,0 +1,69 @@
+"""The Qwen3-VL backbone and its one causal prefill, whose KV cache the action expert reads.
+
+The VLM is transformers' `Qwen3VLForConditionalGeneration`, so its parameters carry the
+official names `vlm.model.visual.*`, `vlm.model.language_model.*`, `vlm.lm_head.*`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+from xr0.model.config import XR0Config
+from xr0.model.processor import BackboneInputs
+
+
+@dataclass
+class BackboneCache:
+    """What the action expert needs from one prefill. S = prompt length, L = DiT layers."""
+
+    keys: list[torch.Tensor]       # L x (B, n_kv, S, hd): after k_norm and MRoPE, as Qwen3-VL caches them
+    values: list[torch.Tensor]     # L x (B, n_kv, S, hd): raw v_proj outputs
+    attention_mask: torch.Tensor   # (B, S) bool, True on real tokens
+    max_position: torch.Tensor     # (B,) long: P, the largest MRoPE position id of each row
+
+    @property
+    def batch_size(self) -> int:
+        return self.attention_mask.shape[0]
+
+    def repeat_interleave(self, repeats: int) -> BackboneCache:
+        """Each row repeated `repeats` times (one backbone pass serving several noise draws)."""
+        if repeats == 1:
+            return self
+        rep = lambda x: x.repeat_interleave(repeats, dim=0)  # noqa: E731
+        return BackboneCache([rep(k) for k in self.keys], [rep(v) for v in self.values],
+                             rep(self.attention_mask), rep(self.max_position))
+
+
+def build_vlm(cfg: XR0Config) -> Qwen3VLForConditionalGeneration:
+    """The Qwen3-VL model of the config, freshly initialised, with SDPA attention."""
+    vlm_config = Qwen3VLConfig(**cfg.vlm_config)
+    vlm_config._attn_implementation = "sdpa"
+    vlm_config.text_config._attn_implementation = "sdpa"
+    vlm_config.vision_config._attn_implementation = "sdpa"
+    return Qwen3VLForConditionalGeneration(vlm_config)
+
+
+def prefill(vlm: Qwen3VLForConditionalGeneration, inputs: BackboneInputs, first_layer: int
+            ) -> BackboneCache:
+    """One causal prefill with use_cache=True; keep the cache of VLM layers first_layer.. ."""
+    dtype = vlm.model.visual.patch_embed.proj.weight.dtype
+    out = vlm.model(
+        input_ids=inputs.input_ids,
+        attention_mask=inputs.attention_mask,
+        position_ids=inputs.position_ids,
+        pixel_values=inputs.pixel_values.to(dtype),
+        image_grid_thw=inputs.image_grid_thw,
+        use_cache=True,
+    )
+    layers = out.past_key_values.layers[first_layer:]
+    valid = inputs.attention_mask.bool()
+    positions = inputs.position_ids.masked_fill(~valid[None], -1)          # (3, B, S)
+    return BackboneCache(
+        keys=[layer.keys for layer in layers],
+        values=[layer.values for layer in layers],
+        attention_mask=valid,
+        max_position=positions.amax(dim=(0, 2)),
+    )
