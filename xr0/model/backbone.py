@@ -67,3 +67,15 @@ def prefill(vlm: Qwen3VLForConditionalGeneration, inputs: BackboneInputs, first_
         attention_mask=valid,
         max_position=positions.amax(dim=(0, 2)),
     )
+
+
+def restore_rotary_buffers(module: torch.nn.Module) -> None:
+    """Recompute the VLM's rotary inverse frequencies in fp32 on their device. They are not
+    saved (non-persistent), come out empty from a meta-device build, and lose precision when a
+    model is cast to bf16."""
+    for sub in module.modules():
+        if isinstance(getattr(sub, "inv_freq", None), torch.Tensor) and hasattr(sub, "config"):
+            fresh = type(sub)(sub.config)
+            device = sub.inv_freq.device
+            sub.inv_freq = fresh.inv_freq.to(device)
+            sub.original_inv_freq = fresh.original_inv_freq.to(device)
