@@ -21,6 +21,7 @@ COMMANDS = (
     "calibrate",
     "cameras",
     "episodes",
+    "lerobot",  # export, import: LeRobot v3.0 datasets
     "bench",
 )
 
