@@ -264,6 +264,20 @@ def _write(store, root: Path, infos, joints, cams, fps, repo_id, vcodec, emit,
     fmt.write_tasks(root, tasks)
     path = root / fmt.EPISODES_PATH.format(chunk_index=0, file_index=0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(episode_rows), path)
+    pq.write_table(_episodes_table(episode_rows), path)
     return ExportResult(out=root, episodes=[e.id for e in infos], frames=index, fps=fps,
                         video_files=files_written)
+
+
+_XR0_TYPES = {"episode_id": pa.int64(), "success": pa.bool_(), "tags": pa.list_(pa.string()),
+              "rig": pa.string(), "notes": pa.string()}
+
+
+def _episodes_table(rows: list[dict]) -> pa.Table:
+    """meta/episodes rows; the xr0/ columns typed explicitly so that a column that is empty in
+    every episode (no success judged, no tags) still has its type."""
+    table = pa.Table.from_pylist(rows)
+    for name, typ in _XR0_TYPES.items():
+        i = table.schema.get_field_index(fmt.XR0 + name)
+        table = table.set_column(i, fmt.XR0 + name, table.column(i).cast(typ))
+    return table
