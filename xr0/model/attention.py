@@ -82,7 +82,10 @@ def dit_mask(rule: AttentionRule, num_context: int, num_actions: int, window: in
 def sample_hidden_prefix(prefix_length: torch.Tensor, num_actions: int, prob: float,
                          generator: torch.Generator | None = None, keep_last: int = 2) -> torch.Tensor:
     """(B, T) bool: which clean-prefix tokens are hidden from later tokens. For a prefix longer
-    than keep_last, each prefix token except the last keep_last is hidden with probability prob."""
+    than keep_last, each prefix token except the last keep_last is hidden with probability prob.
+
+    Reading chosen: one independent coin per eligible token ("each prefix token ... with
+    probability 0.5"), not one coin per sample."""
     B = prefix_length.shape[0]
     coins = torch.rand(B, num_actions, generator=generator,
                        device=generator.device if generator is not None else "cpu")

@@ -42,6 +42,8 @@ def save_checkpoint(model: XR0Model, cfg: XR0Config, directory: str | Path, *,
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
+    # Whether the official checkpoint omits the tied lm_head is UNVERIFIED; storing it once
+    # under the embeddings is what safetensors needs and what a loader that re-ties accepts.
     if _tied(model):
         state.pop(TIED_KEY, None)
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / WEIGHTS),

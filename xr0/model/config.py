@@ -38,7 +38,8 @@ class XR0Config:
     attention_rule: "lambda" is the post-training rule (sink and state causal, a causal window
     of `lambda_window` among action tokens, `noisy_offset` added to the positions of the noisy
     action tokens); "causal" is the released inference path (lower-triangular among the DiT
-    tokens, no offset).
+    tokens, no offset). Which rule the released checkpoints were trained under is UNVERIFIED;
+    a loader of a released checkpoint picks "causal", as the released inference code does.
     """
 
     vlm_config: dict[str, Any]  # a full Qwen3-VL config (model_type qwen3_vl)
@@ -54,6 +55,8 @@ class XR0Config:
     max_prefix_length: int = 6  # asynchronous post-training draws prefixes from U{1..min(6, T)}
     view_labels: tuple[str, ...] = ("Ego View", "Left-Wrist View", "Right-Wrist View")
     image_size: tuple[int, int] | None = None  # (h, w) every view is resized to; None keeps it
+    # Stock Qwen3-VL pixel bounds; XR0's own preprocessor_config.json values are UNVERIFIED,
+    # so a loader of an official checkpoint should take them from that file.
     min_pixels: int = 65536
     max_pixels: int = 16777216
 
@@ -134,6 +137,10 @@ class XR0Config:
 
 # -- presets ---------------------------------------------------------------------------------
 
+# Qwen3-VL-4B-Instruct. The text shapes are corroborated by the real checkpoint; the vision
+# depth/width/heads, intermediate_size 9728, deepstack indexes and the tied embeddings are stock
+# Qwen3-VL-4B values (UNVERIFIED for XR0). The parameter count they give (4.44B VLM, 4.72B in
+# all) matches the published total, which supports them.
 QWEN3_VL_4B_INSTRUCT: dict[str, Any] = {
     "model_type": "qwen3_vl",
     "image_token_id": 151655,

@@ -51,7 +51,9 @@ def flow_matching_loss(pred: torch.Tensor, target: torch.Tensor, loss_mask: torc
                        sample_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """0.5 * masked MSE + 1.0 * frequency loss. pred, target, loss_mask: (B, T, D); loss_mask is
     the action mask with the clean-prefix slots zeroed; sample_weights: (B,) scale each row's
-    MSE. Masked-out entries of pred and target are zeroed before the frequency loss."""
+    MSE. Masked-out entries of pred and target are zeroed before the frequency loss (the prefix
+    outputs are "zeroed and excluded from the loss"); the per-sample weights scale the MSE
+    only, the term the recipe calls weighted."""
     m = loss_mask.to(pred.dtype)
     sq = (pred.float() - target.float()).pow(2) * m
     per_sample = sq.flatten(1).sum(-1) / m.flatten(1).sum(-1).clamp_min(1.0)   # (B,)
