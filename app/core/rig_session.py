@@ -115,7 +115,10 @@ class RigSession:
     def estop(self) -> None:
         """E-stop: effective at once from the calling thread (no wait for the loop)."""
         self.rig.estop()
-        self.source = None  # a replay or policy does not resume by itself after an e-stop
+        source, self.source = self.source, None  # a replay or policy does not resume by itself
+        stop = getattr(source, "stop", None)  # a policy source also stops its inference
+        if callable(stop):
+            stop()
         if self.teleop is not None:
             self.teleop.stop("e-stop pressed: release it, then engage again")
 

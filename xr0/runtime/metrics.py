@@ -28,16 +28,30 @@ def held_filled(actions: np.ndarray) -> np.ndarray:
     return out
 
 
+def forward_filled(actions: np.ndarray) -> np.ndarray:
+    """Held steps (NaN rows) replaced by the last command, same length (leading holds stay)."""
+    out = np.array(actions, dtype=np.float64)
+    for i in range(1, len(out)):
+        if not np.isfinite(out[i]).all():
+            out[i] = out[i - 1]
+    return out
+
+
 def boundary_discontinuity(actions: np.ndarray, chunk: np.ndarray, flags: np.ndarray) -> dict:
-    """{'mean', 'max', 'switches', 'median_step'} over the run's chunk switches."""
+    """{'mean', 'max', 'switches', 'median_step'} over the run's chunk switches. A switch after a
+    hold is measured from the held command; where every step switches (temporal ensembling with
+    a chunk per step) the median is over all steps."""
     a = np.asarray(actions, dtype=np.float64)
     step = np.linalg.norm(np.diff(a, axis=0), axis=1)  # step[i] = |a[i+1] - a[i]|
     chunk = np.asarray(chunk)
     both = np.isfinite(step) & (chunk[1:] == chunk[:-1]) & (chunk[1:] >= 0)
+    if not both.any():
+        both = np.isfinite(step)
     median = float(np.median(step[both])) if both.any() else float("nan")
     sw = np.flatnonzero((np.asarray(flags) & Flag.SWITCH) != 0)
     sw = sw[sw > 0]
-    jumps = step[sw - 1]
+    filled = np.linalg.norm(np.diff(forward_filled(a), axis=0), axis=1)
+    jumps = filled[sw - 1]
     jumps = jumps[np.isfinite(jumps)]
     if not len(jumps) or not median > 0:
         return {"mean": float("nan"), "max": float("nan"), "switches": int(len(jumps)),

@@ -7,8 +7,9 @@ One tick, in order:
   2. if the strategy wants the next chunk (XR0: at most k unexecuted actions remain) and none is in
      flight: d = ceil(max of the last b latencies / dt); d past what the chunk allows is an error
      (DelayTooLarge) and the runtime holds; an observation older than max_obs_age_s holds (no
-     request); otherwise the observation and the next d actions (the clean prefix) are sent to
-     the inference worker
+     request); otherwise the observation and the next d actions (the clean prefix; at least
+     min_prefix of them, so that even a chunk computed within the tick continues from the path
+     being executed) are sent to the inference worker
   3. the planned action for this step, or None (hold the last command) with the reason in the
      flags: waiting for the first chunk, starved (the plan ran out), paused, stopped, error
 
@@ -44,6 +45,7 @@ class RuntimeConfig:
     k: int = 10  # request the next chunk when at most k unexecuted actions remain
     latency_window: int = 10  # b: the delay estimate is the max of the last b latencies
     initial_delay_steps: int = 0  # the estimate before any latency was measured
+    min_prefix: int = 1  # the clean prefix holds max(d, min_prefix) planned actions
     max_obs_age_s: float = 0.25
     rtc_beta: float = 5.0
     telemetry_steps: int = 100_000
@@ -195,7 +197,7 @@ class ChunkRuntime:
         return RuntimeStep(s, None, -1, flags, msg)
 
     def _request(self, s: int, d: int, obs: Observation) -> None:
-        req = self.strategy.request(s, d)
+        req = self.strategy.request(s, d, max(d, self.config.min_prefix))
         cid = self._next_id
         self._next_id += 1
         rec = ChunkRecord(cid, s, d, 0 if req.prefix is None else len(req.prefix))

@@ -75,7 +75,7 @@ class Strategy:
     def wants_request(self, s: int, d: int) -> bool:
         return self.remaining(s) <= max(self.k, d)
 
-    def request(self, s: int, d: int) -> Request:
+    def request(self, s: int, d: int, prefix_length: int) -> Request:
         return Request()
 
     def arrive(self, cid: int, r: int, chunk: np.ndarray, a: int) -> bool:
@@ -96,8 +96,8 @@ class XR0(Strategy):
     name = "xr0"
     uses_prefix = True
 
-    def request(self, s: int, d: int) -> Request:
-        p = self.planned(s, d)
+    def request(self, s: int, d: int, prefix_length: int) -> Request:
+        p = self.planned(s, prefix_length)
         return Request(prefix=p.copy() if len(p) else None)
 
 
@@ -139,7 +139,7 @@ class RTC(Strategy):
     name = "rtc"
     guided = True
 
-    def request(self, s: int, d: int) -> Request:
+    def request(self, s: int, d: int, prefix_length: int) -> Request:
         old = self.planned(s, self.H)
         if len(old) == 0:
             return Request()

@@ -1,0 +1,134 @@
+"""Autonomy: a chunk policy drives the followers through the asynchronous runtime.
+
+    rig.read() -> AutonomySource.step (control thread) -> ChunkRuntime.step -> spliced action
+               -> SafetyFilter (joint limits + per-step rate limit of the rig config) -> rig.command()
+
+An AutonomySource plugs into RigSession.set_source() like a replay. Its life cycle:
+
+    WAITING  the first chunk is being computed: the followers hold where they are
+    RAMPING  from the held pose to the runtime's action at the ramp speed of the rig config
+    RUNNING  one runtime action per control step through the SafetyFilter; whenever the runtime
+             holds (starved, stale observation, paused, delay or policy error) the followers hold
+             the last command
+    STOPPED  stop() or an e-stop: the runtime is stopped and nothing is commanded any more
+
+`run_stepping` drives a stepping-mode sim rig with a source, one control period per step, for
+deterministic runs (tests, `main.py run`, `bench runtime`).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from drivers import clock, layout
+from drivers.rig import Rig, RigState
+from drivers.safety import SafetyFilter, joint_gap, ramp_step
+from xr0.runtime import ChunkRuntime, Flag, Observation
+
+
+class AutonomyState(enum.Enum):
+    WAITING = "waiting"
+    RAMPING = "ramping"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+@dataclass
+class AutonomyStep:
+    command: np.ndarray | None
+    state: AutonomyState
+    flags: Flag
+    message: str = ""
+
+
+class AutonomySource:
+    """time_base: 'rig' stamps observations with drivers.clock (real time); 'sim' uses the sim's
+    episode time (stepping mode, where wall time says nothing about the robot's time).
+    extra: called for each observation; its dict becomes Observation.extra."""
+
+    def __init__(self, rig: Rig, runtime: ChunkRuntime, instruction: str = "",
+                 time_base: str = "rig", extra: Callable[[], dict] | None = None):
+        if time_base not in ("rig", "sim"):
+            raise ValueError(f"time_base is 'rig' or 'sim', not {time_base!r}")
+        self.rig = rig
+        self.runtime = runtime
+        self.instruction = instruction
+        self.time_base = time_base
+        self.extra = extra
+        safety = rig.config.safety
+        self.filter = SafetyFilter(*rig.limits(), safety)
+        self.ramp_delta = np.where(layout.IS_GRIPPER, safety.max_step_gripper,
+                                   safety.ramp_speed_rad_s / rig.config.control_hz)
+        self.tolerance = safety.ramp_tolerance_rad
+        self.state = AutonomyState.WAITING
+        self.last: np.ndarray | None = None
+        self.commands = 0
+
+    def stop(self) -> None:
+        self.state = AutonomyState.STOPPED
+        self.runtime.stop()
+
+    def _time(self, st: RigState) -> float:
+        if self.time_base == "sim":
+            return float(st.info.get("sim_time", 0.0))
+        return clock.now()
+
+    def _observe(self, k: int, st: RigState) -> Observation:
+        sim = self.time_base == "sim"
+        t_obs = float(st.info.get("sim_time", 0.0)) if sim else st.t
+        images = {}
+        for name, cam in self.rig.cameras.items():
+            try:
+                f = cam.latest()
+            except Exception:  # noqa: BLE001 - a dead camera makes the observation stale
+                t_obs = -math.inf
+                continue
+            images[name] = f.color
+            ft = f.t_device if sim and f.t_device is not None else f.t_host
+            t_obs = min(t_obs, ft)
+        extra = self.extra() if self.extra is not None else {}
+        return Observation(k, t_obs, st.follower.copy(), images, self.instruction, extra)
+
+    def step(self, st: RigState) -> AutonomyStep:
+        if self.state is AutonomyState.STOPPED or self.rig.estopped:
+            if self.state is not AutonomyState.STOPPED:
+                self.stop()
+            return AutonomyStep(None, self.state, Flag.STOPPED, "stopped")
+        if self.last is None:
+            self.last = st.follower.copy()
+        r = self.runtime.step(st.follower, self._time(st), lambda k: self._observe(k, st))
+        if r.action is None:
+            cmd = self.last  # hold the last command
+        elif self.state in (AutonomyState.WAITING, AutonomyState.RAMPING):
+            target = self.filter.clamp_limits(r.action)
+            cmd = ramp_step(self.last, target, self.ramp_delta)
+            g = list(layout.GRIPPER_INDICES)
+            done = joint_gap(cmd, target)[0] <= self.tolerance and np.allclose(cmd[g], target[g])
+            self.state = AutonomyState.RUNNING if done else AutonomyState.RAMPING
+        else:
+            cmd = self.filter(r.action, self.last)
+        self.rig.command(cmd)
+        self.last = cmd
+        self.commands += 1
+        return AutonomyStep(cmd, self.state, r.flags, r.message)
+
+
+def run_stepping(rig, source, steps: int, until_success: bool = False,
+                 on_step: Callable[[int, RigState, AutonomyStep], None] | None = None) -> RigState:
+    """Drive a stepping-mode sim rig: read, source.step, advance one control period. Returns the
+    last state read."""
+    st = rig.read()
+    for k in range(steps):
+        out = source.step(st)
+        if on_step is not None:
+            on_step(k, st, out)
+        rig.step()
+        st = rig.read()
+        if until_success and st.info.get("success"):
+            break
+    return st
