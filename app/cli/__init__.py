@@ -17,6 +17,7 @@ COMMANDS = (
     "teleop",
     "record",
     "replay",
+    "run",
     "scan",
     "calibrate",
     "cameras",

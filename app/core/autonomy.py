@@ -132,3 +132,53 @@ def run_stepping(rig, source, steps: int, until_success: bool = False,
         if until_success and st.info.get("success"):
             break
     return st
+
+
+def run_sim_episode(rig, strategy: str, seed: int, delay_steps: int = 0, chunk_length: int = 50,
+                    k: int = 15, instruction: str = "", save: str | None = None) -> dict:
+    """One deterministic episode of the scripted-chunk policy on a stepping-mode sim rig with an
+    injected inference delay (in control steps). Returns success, completion time (s, None if not
+    completed), inference latency p50/p95 (ms, as the runtime saw it), boundary discontinuity
+    (mean and max over switches, x the median within-chunk step), RMS jerk of the commanded
+    trajectory and the runtime's flags; with `save`, the run's telemetry is written there."""
+    from app.core.scripted_policy import ScriptedChunkPolicy
+    from xr0.runtime import RuntimeConfig
+    from xr0.runtime.executor import SteppedExecutor
+    from xr0.runtime.metrics import boundary_discontinuity, rms_jerk
+
+    rig.reset(seed)
+    policy = ScriptedChunkPolicy(rig, chunk_length=chunk_length)
+    rt = ChunkRuntime(policy, RuntimeConfig(dt=rig.dt, strategy=strategy, k=k),
+                      executor=SteppedExecutor(policy, rig.dt, delay_steps))
+    src = AutonomySource(rig, rt, instruction=instruction, time_base="sim", extra=policy.capture)
+    steps = int(round(rig.sim.episode_seconds * rig.config.control_hz))
+    done_at: list[float] = []
+    flags = Flag.NONE
+
+    def watch(k_: int, st: RigState, out: AutonomyStep) -> None:
+        nonlocal flags
+        flags |= out.flags
+        if not done_at and st.info.get("success"):
+            done_at.append(float(st.info.get("sim_time", 0.0)))
+
+    st = run_stepping(rig, src, steps, on_step=watch)
+    if not done_at and st.info.get("success"):
+        done_at.append(float(st.info.get("sim_time", 0.0)))
+    snap = rt.telemetry.snapshot()
+    bd = boundary_discontinuity(snap["step_action"], snap["step_chunk"], snap["step_flags"])
+    lat = rt.telemetry.latencies_ms()
+    if save:
+        rt.telemetry.save(save, seed=seed, delay_steps=delay_steps, task=rig.task.name,
+                          instruction=instruction, success=bool(st.info.get("success")))
+    rt.stop()
+    return {
+        "strategy": strategy, "seed": seed, "delay_steps": delay_steps,
+        "success": bool(st.info.get("success")),
+        "completion_s": done_at[0] if done_at else None,
+        "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
+        "latency_ms_p95": float(np.percentile(lat, 95)) if len(lat) else None,
+        "boundary_discontinuity": bd["mean"], "boundary_discontinuity_max": bd["max"],
+        "switches": bd["switches"], "rms_jerk": rms_jerk(snap["step_action"], rig.dt),
+        "chunks": len(rt.telemetry.chunks()), "flags": Flag.names(int(flags)),
+        "error": str(rt.error) if rt.error else "",
+    }
