@@ -1,0 +1,546 @@
+"""Fine-tuning XR0 on episodes of the store: from a selection of episodes to a checkpoint a
+policy can run.
+
+One optimiser step: the global batch is cut into micro-batches, each with its own generator
+seeded from (seed, step, micro-batch index), so augmentation, flow times, noise and clean
+prefixes do not depend on how many processes share the work. Per micro-batch: views augmented
+and patchified (xr0.train.inputs), one backbone prefill serving k_draws flow draws, optional
+per-sample weights from a no-grad 5-step generation, XR0Model.flow_loss; gradients accumulate,
+are clipped at 1.0, AdamW steps, the cosine schedule advances.
+
+Data: states enter the model raw (zero-padded into the 32-d layout), actions normalised with the
+training episodes' per-position chunk mean/std ("mean_std"); chunk positions past an episode's
+end and layout padding dims are out of the action mask. The last `val_episodes` of the selection
+are held out for validation: the flow loss with fixed draws, and the action error: a 5-step
+sampled chunk, unnormalised, against the recorded chunk in rig units, mean |error| per joint.
+
+The checkpoint's stats.json (read by the policy) holds exactly:
+
+    {"norm_stats":  NormStats.to_dict() of the training episodes (extra: {"normalization":
+                    "mean_std", "state": "raw"}),
+     "layout":      ActionLayout.to_dict() of the episodes' joints,
+     "cameras":     the store camera names, in view order,
+     "view_labels": the prompt label of each view, same order,
+     "image_size":  [h, w] every view is resized to,
+     "action_mode": "absolute" or "delta",
+     "chunk":       H, the action chunk length}
+
+Events (each also appended to RUN_DIR/events.jsonl): start, step (step, loss, mse, freq, lr,
+grad_norm, samples_per_s, eta_s), val (val_loss, action_error, action_error_per_joint),
+checkpoint (step, path), done (status done|cancelled, step, checkpoint), error (message).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from store import EpisodeStore
+from xr0.data import ActionLayout, NormStats
+from xr0.data.dataset import EpisodeDataset, collate
+from xr0.model import PRESETS as MODEL_PRESETS
+from xr0.model import XR0Processor, load_checkpoint, load_tokenizer
+from xr0.model import preset as model_preset
+from xr0.model.backbone import restore_rotary_buffers
+from xr0.train import distributed
+from xr0.train.config import TrainConfig, learning_rate, paper_image_size
+from xr0.train.inputs import InputBuilder
+from xr0.train.model_setup import (TrainError, StateView, apply_trainable, merged_state_dict,
+                                   optimizer_groups, view_labels_for)
+from xr0.train.rundir import TRAINING_STATE, RunDir
+
+EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
+
+
+def parse_selection(text: str | Sequence[int] | None, available: Sequence[int]) -> list[int]:
+    """'all', None, '1,3,5-9' or a list of ids -> the selected ids, in the given order."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == "all"):
+        ids = list(available)
+    elif isinstance(text, str):
+        ids = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            try:
+                if "-" in part:
+                    a, b = (int(x) for x in part.split("-", 1))
+                    if b < a:
+                        raise ValueError
+                    ids.extend(range(a, b + 1))
+                else:
+                    ids.append(int(part))
+            except ValueError:
+                raise TrainError(f"cannot read episode selection {part!r} in {text!r}: write ids and "
+                                 "ranges like 1,3,5-9, or 'all'") from None
+    else:
+        ids = [int(i) for i in text]
+    if not ids:
+        raise TrainError("the episode selection is empty: select at least two complete episodes "
+                         "(one to train on, one to validate) or pass --episodes all")
+    missing = sorted(set(ids) - set(available))
+    if missing:
+        raise TrainError(f"episode(s) {missing[:10]} are not complete episodes of the store: list "
+                         "them with `python main.py episodes --store DIR` and select complete ones")
+    return list(dict.fromkeys(ids))
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """This process's micro-batches of sample indices, step by step from `start_step`: global
+    sample j of the run is permutation(epoch j // N)[j % N], the global batch of step s holds
+    samples s*B .. s*B+B-1, and rank r takes micro-batches r*A .. r*A+A-1 of it."""
+
+    def __init__(self, n: int, cfg: TrainConfig, info: distributed.DistInfo, start_step: int):
+        self.n, self.cfg, self.info, self.start = n, cfg, info, start_step
+        self.accum = cfg.accumulation(info.world_size)
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _sample(self, j: int) -> int:
+        epoch, r = divmod(j, self.n)
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng(_seed(self.cfg.seed, 7, epoch)).permutation(self.n)}
+        return int(self._perms[epoch][r])
+
+    def __iter__(self):
+        B, m = self.cfg.batch, self.cfg.micro_batch
+        for step in range(self.start, self.cfg.steps):
+            for a in range(self.accum):
+                first = step * B + (self.info.rank * self.accum + a) * m
+                yield [self._sample(j) for j in range(first, first + m)]
+
+    def __len__(self) -> int:
+        return (self.cfg.steps - self.start) * self.accum
+
+
+class _FlowLoss(nn.Module):
+    """The training objective as a module, so that DDP/FSDP see one forward per micro-batch."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, inputs, state, actions, action_mask, generator):
+        model, cfg = self.model, self.cfg
+        cache = model.prefill(inputs)
+        weights = None
+        if cfg.sample_weighting:
+            with torch.no_grad():
+                noise = torch.randn(actions.shape, generator=generator).to(model.device)
+                guess = model.sample(cache, state, action_mask, noise=noise)
+                m = action_mask.to(guess)
+                err = ((guess.float() - actions.float()) ** 2 * m).flatten(1).sum(-1) / \
+                    m.flatten(1).sum(-1).clamp_min(1.0)
+                weights = (err / err.mean().clamp_min(1e-12)).clamp(0.5, 5.0)
+        return model.flow_loss(cache, state, actions, action_mask, k_draws=cfg.k_draws,
+                               prefix_prob=cfg.prefix_prob, hide_prefix_prob=cfg.hide_prefix_prob,
+                               sample_weights=weights, generator=generator)
+
+
+class Trainer:
+    """One run. `run()` returns the exit status (EXIT_*)."""
+
+    def __init__(self, cfg: TrainConfig, store: str | os.PathLike, out: str | os.PathLike, *,
+                 episodes: str | Sequence[int] | None = "all", resume: bool = False,
+                 on_event: Callable[[dict], None] | None = None, device: str | None = None,
+                 strategy: str = "ddp", dist_info: distributed.DistInfo | None = None,
+                 handle_signals: bool = True):
+        self.cfg, self.store_dir, self.rundir = cfg, Path(store), RunDir(out)
+        self.episodes, self.resume, self.on_event = episodes, resume, on_event
+        self.strategy, self.handle_signals = strategy, handle_signals
+        self.info = dist_info or distributed.init(device)
+        self.cancel_requested = False
+        self.emit: Callable[[dict], None] = lambda e: None
+        self.run_id: int | None = None
+        self.step = 0
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def _check_run_dir(self) -> dict | None:
+        rd = self.rundir
+        if self.resume:
+            info = rd.read()
+            if rd.last_checkpoint() is None:
+                raise TrainError(f"{rd.path} has no complete checkpoint to resume from: start the run "
+                                 "again without --resume in a fresh --out folder")
+            return info
+        if rd.exists():
+            raise TrainError(f"{rd.path} already holds a run ({rd.run_file.name}): pass --resume to "
+                             "continue it, or choose another --out folder")
+        return None
+
+    def _select(self, st: EpisodeStore) -> tuple[list[int], list[int], ActionLayout]:
+        ids = parse_selection(self.episodes, [e.id for e in st.episodes(status="complete")])
+        layouts = {}
+        for eid in ids:
+            layouts[eid] = ActionLayout.from_joint_names(st.episode(eid).joint_names)
+        first = ids[0]
+        for eid in ids[1:]:
+            if not layouts[first].compatible(layouts[eid]):
+                raise TrainError(
+                    f"episodes {first} and {eid} come from rigs with different action layouts "
+                    f"({layouts[first].difference(layouts[eid])}): select episodes of one rig")
+        k = self.cfg.val_episodes
+        if len(ids) <= k:
+            raise TrainError(f"{len(ids)} episode(s) selected but {k} are held out for validation: "
+                             f"select more episodes or lower --val-episodes")
+        return (ids[:-k] if k else ids), (ids[-k:] if k else []), layouts[first]
+
+    def _load_base(self):
+        base = self.cfg.base
+        if base in MODEL_PRESETS:
+            if base != "xr0-tiny":
+                raise TrainError(f"--base {base} cannot be built locally (its tokenizer and weights "
+                                 "come with a checkpoint): pass --base CHECKPOINT_DIR, or xr0-tiny")
+            torch.manual_seed(self.cfg.seed)
+            from xr0.model import XR0Model
+
+            mcfg = model_preset(base, **self.cfg.model_changes)
+            return XR0Model.from_config(mcfg), mcfg, load_tokenizer(), None
+        if not Path(base).is_dir():
+            raise FileNotFoundError(f"base checkpoint {base} does not exist: pass a checkpoint "
+                                    f"folder or a preset ({', '.join(MODEL_PRESETS)})")
+        model, mcfg, tok, stats = load_checkpoint(base, "cpu", torch.float32)
+        if tok is None:
+            raise TrainError(f"base checkpoint {base} has no tokenizer files: re-save it with its "
+                             "tokenizer (save_checkpoint(..., tokenizer=...))")
+        return model.train(), mcfg, tok, stats
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        saved = self._check_run_dir()
+        with EpisodeStore.open(self.store_dir) as st:
+            if saved is not None:
+                self.episodes = saved["train_episodes"] + saved["val_episodes"]
+                self.run_id = saved.get("run_id")
+            train_ids, val_ids, layout = self._select(st)
+            first = st.episode(train_ids[0])
+            cams = cfg.cameras or tuple(sorted(first.cameras))
+            missing = [c for c in cams if c not in first.cameras]
+            if missing:
+                raise TrainError(f"episode {train_ids[0]} has no camera(s) {missing} (it has "
+                                 f"{sorted(first.cameras)}): pass --cameras with cameras the "
+                                 "episodes have")
+            cam_spec = first.cameras[cams[0]]       # (width, height, fps)
+        model, mcfg, tokenizer, _ = self._load_base()
+        labels = view_labels_for(cams, mcfg, from_scratch=cfg.base in MODEL_PRESETS)
+        size = cfg.image_size or mcfg.image_size or _paper_size(cam_spec)
+        chunk = cfg.chunk or mcfg.action_length
+        mcfg = mcfg.replace(view_labels=labels, image_size=tuple(size))
+        model.cfg = mcfg
+        self.layout, self.cameras, self.chunk, self.image_size = layout, cams, chunk, tuple(size)
+        self.model_cfg, self.tokenizer = mcfg, tokenizer
+        self.builder = InputBuilder(XR0Processor(tokenizer, mcfg), self.image_size)
+
+        if saved is not None:
+            stats = NormStats.from_dict(saved["stats"]["norm_stats"])
+        else:
+            stats = EpisodeDataset(self.store_dir, train_ids, cameras=cams, image_size=size,
+                                   chunk=chunk, action_mode=cfg.action_mode).compute_stats()
+            stats.extra = {"normalization": "mean_std", "state": "raw"}
+        self.stats = stats
+        self.train_ds = EpisodeDataset(self.store_dir, train_ids, cameras=cams, image_size=size,
+                                       chunk=chunk, action_mode=cfg.action_mode, stats=stats)
+        self.val_ds = EpisodeDataset(self.store_dir, val_ids, cameras=cams, image_size=size,
+                                     chunk=chunk, action_mode=cfg.action_mode,
+                                     stats=stats) if val_ids else None
+        self.train_ids, self.val_ids = train_ids, val_ids
+
+        model = model.to(self.info.device)
+        restore_rotary_buffers(model)
+        self.model = apply_trainable(model, cfg)
+        if cfg.gradient_checkpointing and self.info.device.type == "cuda":
+            self.model.vlm.model.visual.gradient_checkpointing_enable()
+        self.loss_module = distributed.wrap(_FlowLoss(self.model, cfg), self.info, self.strategy)
+        fused = self.info.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(optimizer_groups(self.model, cfg.weight_decay),
+                                           lr=cfg.lr, betas=cfg.betas, fused=fused or None)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: learning_rate(cfg, s) / cfg.lr)
+        if saved is not None:
+            self._restore(self.rundir.last_checkpoint())
+
+    def stats_json(self) -> dict:
+        return {"norm_stats": self.stats.to_dict(), "layout": self.layout.to_dict(),
+                "cameras": list(self.cameras), "view_labels": list(self.model_cfg.view_labels),
+                "image_size": list(self.image_size), "action_mode": self.cfg.action_mode,
+                "chunk": self.chunk}
+
+    # -- batches ---------------------------------------------------------------------------------
+
+    def _tensors(self, batch: dict, generator: torch.Generator | None, augment: bool):
+        inputs = self.builder(batch["images"], [s + "." for s in batch["instruction"]],
+                              generator=generator, augment_images=augment and self.cfg.augment,
+                              crop_scale=self.cfg.crop_scale, jitter_p=self.cfg.jitter_p)
+        dev = self.info.device
+        state = self.layout.to_model(batch["state"].float()).to(dev)
+        actions = self.layout.to_model(batch["actions_norm"].float()).to(dev)
+        mask = torch.from_numpy(self.layout.mask)[None, None] & ~batch["action_pad"][..., None]
+        return inputs.to(dev), state, actions, mask.float().to(dev)
+
+    def _autocast(self):
+        on_cuda = self.info.device.type == "cuda"
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda) if on_cuda else \
+            torch.autocast("cpu", enabled=False)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def train_step(self, micro_batches: list[dict]) -> dict[str, float]:
+        """One optimiser step over this process's micro-batches of the current step."""
+        cfg, accum = self.cfg, len(micro_batches)
+        parts = {"loss": 0.0, "mse": 0.0, "freq": 0.0}
+        for a, batch in enumerate(micro_batches):
+            g = self.info.rank * accum + a
+            gen = torch.Generator().manual_seed(_seed(cfg.seed, self.step, g))
+            inputs, state, actions, mask = self._tensors(batch, gen, augment=True)
+            sync = a == accum - 1 or not hasattr(self.loss_module, "no_sync")
+            ctx = self.loss_module.no_sync() if not sync else _nullcontext()
+            with ctx, self._autocast():
+                out = self.loss_module(inputs, state, actions, mask, gen)
+                (out["loss"] / accum).backward()
+            for k in parts:
+                parts[k] += float(out[k].detach()) / accum
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        parts["grad_norm"] = float(grad_norm)
+        return parts
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Flow loss with fixed draws and the 5-step action error on the held-out episodes."""
+        if self.val_ds is None:
+            return {}
+        cfg, model = self.cfg, self.model
+        n = len(self.val_ds)
+        count = min(n, cfg.val_batches * cfg.micro_batch)
+        index = np.linspace(0, n - 1, count).round().astype(int)
+        losses, abs_err, counts = [], None, None
+        for i, first in enumerate(range(0, count, cfg.micro_batch)):
+            batch = collate([self.val_ds[int(j)] for j in index[first:first + cfg.micro_batch]])
+            gen = torch.Generator().manual_seed(_seed(cfg.seed, 99, i))
+            inputs, state, actions, mask = self._tensors(batch, None, augment=False)
+            with self._autocast():
+                cache = model.prefill(inputs)
+                losses.append(float(model.flow_loss(cache, state, actions, mask, k_draws=1,
+                                                    generator=gen)["loss"]))
+                noise = torch.randn(actions.shape, generator=gen)
+                chunk = model.sample(cache, state, mask, noise=noise).float().cpu()
+            pred = self.stats.unnormalize_actions(self.layout.from_model(chunk).double().numpy())
+            truth = batch["actions"].double().numpy()
+            valid = ~batch["action_pad"].numpy()[..., None]
+            e = (np.abs(pred - truth) * valid).sum(axis=(0, 1))
+            c = np.broadcast_to(valid, pred.shape).sum(axis=(0, 1))
+            abs_err = e if abs_err is None else abs_err + e
+            counts = c if counts is None else counts + c
+        per_joint = abs_err / np.maximum(counts, 1)
+        return {"val_loss": float(np.mean(losses)), "action_error": float(per_joint.mean()),
+                "action_error_per_joint": dict(zip(self.layout.joint_names,
+                                                   (float(x) for x in per_joint)))}
+
+    def run(self) -> int:
+        """Set up, train, checkpoint; never raises for a run that started (status in the return)."""
+        main = self.info.is_main
+        try:
+            self.setup()
+        except (TrainError, ValueError, FileNotFoundError) as e:
+            if main:
+                self.emit = self.rundir.emitter(self.on_event) if self.rundir.path.exists() else \
+                    (lambda ev: self.on_event and self.on_event({"time": time.time(), **ev}))
+                self.emit({"event": "error", "error": type(e).__name__, "message": str(e)})
+            return EXIT_BAD_INPUT
+        if main:
+            self.emit = self.rundir.emitter(self.on_event)
+            self._register()
+        old = self._install_signals() if self.handle_signals else None
+        status, code = "failed", EXIT_FAILED
+        try:
+            status, code = self._loop()
+        except (torch.OutOfMemoryError, MemoryError) as e:
+            self.optimizer.zero_grad(set_to_none=True)
+            kept = self._save_quietly()
+            self._fail(f"out of memory at step {self.step} ({type(e).__name__}): lower "
+                       f"--micro-batch (gradient accumulation keeps --batch {self.cfg.batch}), use a "
+                       f"smaller --preset (lora, frozen-backbone) or a smaller image size; "
+                       f"{'checkpoint kept at ' + str(kept) if kept else 'earlier checkpoints kept'}; "
+                       f"continue with --resume")
+        except Exception as e:  # noqa: BLE001 - the run's status must reach the runs table
+            self._fail(f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            if old is not None:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
+            if main:
+                self._update_run(status)
+                getattr(self.emit, "close", lambda: None)()
+        return code
+
+    def _loop(self) -> tuple[str, int]:
+        cfg, main = self.cfg, self.info.is_main
+        sampler = _StepBatches(len(self.train_ds), cfg, self.info, self.step)
+        loader = DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=collate,
+                            num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                            prefetch_factor=4 if cfg.num_workers else None)
+        if main:
+            self.emit({"event": "start", "run_id": self.run_id, "step": self.step,
+                       "steps": cfg.steps, "train_episodes": self.train_ids,
+                       "val_episodes": self.val_ids, "samples": len(self.train_ds),
+                       "device": str(self.info.device), "world_size": self.info.world_size,
+                       "trainable_parameters": sum(p.numel() for p in self.model.parameters()
+                                                   if p.requires_grad)})
+        log_every = max(1, cfg.steps // 500)
+        t0, s0, last_ckpt = time.monotonic(), self.step, None
+        it = iter(loader)
+        accum = sampler.accum
+        cancelled = False
+        while self.step < cfg.steps:
+            parts = self.train_step([next(it) for _ in range(accum)])
+            if main and (self.step % log_every == 0 or self.step == cfg.steps):
+                rate = (self.step - s0) * cfg.batch / max(time.monotonic() - t0, 1e-9)
+                self.emit({"event": "step", "step": self.step, "steps": cfg.steps, **parts,
+                           "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate,
+                           "eta_s": (cfg.steps - self.step) * cfg.batch / max(rate, 1e-9)})
+            cancelled = distributed.broadcast_flag(self.info, self.cancel_requested)
+            if self.step % cfg.val_every == 0 or self.step == cfg.steps:
+                val = self.validate()
+                if main and val:
+                    self.emit({"event": "val", "step": self.step, **val})
+            if cancelled or self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                last_ckpt = self.save()
+            if cancelled:
+                break
+        del it, loader
+        status = "cancelled" if cancelled else "done"
+        if main:
+            self.emit({"event": "done", "status": status, "step": self.step,
+                       "checkpoint": str(last_ckpt) if last_ckpt else None,
+                       **({"resume": "continue with --resume"} if cancelled else {})})
+        return status, EXIT_CANCELLED if cancelled else EXIT_DONE
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def save(self) -> Path | None:
+        """Write checkpoints/step-N (all ranks take part in gathering; rank 0 writes)."""
+        from xr0.model import save_checkpoint
+
+        state = merged_state_dict(self.model, distributed.full_state_dict(self.model, self.info))
+        training = {
+            "step": self.step, "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                    "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "trainable": ({k: v.detach().cpu() for k, v in self.model.named_parameters()
+                           if v.requires_grad} if self.cfg.trainable == "lora" else None),
+        }
+        path = None
+        if self.info.is_main:
+            def write(tmp: Path) -> None:
+                save_checkpoint(StateView(self.model, state), self.model_cfg, tmp,
+                                stats=self.stats_json(), tokenizer=self.tokenizer,
+                                extra={"step": self.step, "train_config": self.cfg.to_dict(),
+                                       "run_id": self.run_id})
+                torch.save(training, tmp / TRAINING_STATE)
+
+            path = self.rundir.save_checkpoint(self.step, write, self.cfg.keep_checkpoints)
+            self.emit({"event": "checkpoint", "step": self.step, "path": str(path)})
+            self._update_run("running", checkpoint=path)
+        distributed.barrier(self.info)
+        return path
+
+    def _save_quietly(self) -> Path | None:
+        try:
+            return self.save() if self.step > 0 else None
+        except Exception:  # noqa: BLE001 - a failed save must not hide the out-of-memory message
+            return None
+
+    def _restore(self, ckpt: Path) -> None:
+        from safetensors.torch import load_file
+
+        training = torch.load(ckpt / TRAINING_STATE, map_location="cpu", weights_only=False)
+        if training.get("trainable") is not None:
+            self.model.load_state_dict(training["trainable"], strict=False)
+        else:
+            weights = load_file(str(ckpt / "model.safetensors"))
+            self.model.load_state_dict(weights, strict=False)
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.scheduler.load_state_dict(training["scheduler"])
+        self.step = int(training["step"])
+        rng = training["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    # -- the runs table, signals, failures ---------------------------------------------------------
+
+    def _register(self) -> None:
+        info = {"config": self.cfg.to_dict(), "store": str(self.store_dir.resolve()),
+                "train_episodes": self.train_ids, "val_episodes": self.val_ids,
+                "stats": self.stats_json(), "pid": os.getpid(), "started": time.time()}
+        with EpisodeStore.open(self.store_dir) as st:
+            config = {"preset": self.cfg.preset, "base": self.cfg.base, "steps": self.cfg.steps,
+                      "batch": self.cfg.batch, "episodes": self.train_ids + self.val_ids,
+                      "val_episodes": self.val_ids, "run_dir": str(self.rundir.path.resolve())}
+            if self.run_id is None:
+                self.run_id = st.add_run("finetune", config, status="running",
+                                         paths={"run_dir": str(self.rundir.path.resolve())})
+            else:
+                st.update_run(self.run_id, status="running")
+        info["run_id"] = self.run_id
+        self.rundir.write(info)
+
+    def _update_run(self, status: str, checkpoint: Path | None = None) -> None:
+        if self.run_id is None:
+            return
+        paths = {"run_dir": str(self.rundir.path.resolve())}
+        last = checkpoint or self.rundir.last_checkpoint()
+        if last is not None:
+            paths["checkpoint"] = str(Path(last).resolve())
+        with EpisodeStore.open(self.store_dir) as st:
+            st.update_run(self.run_id, status=status, paths=paths)
+
+    def _fail(self, message: str) -> None:
+        if self.info.is_main:
+            self.emit({"event": "error", "error": "failed", "step": self.step, "message": message})
+
+    def _install_signals(self) -> dict:
+        def request(signum, frame):
+            self.cancel_requested = True
+
+        old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                old[sig] = signal.signal(sig, request)
+            except ValueError:     # not the main thread: the caller cancels through the flag
+                pass
+        return old
+
+
+def _paper_size(spec) -> tuple[int, int]:
+    if spec is None:
+        return (224, 224)
+    width, height = spec[0], spec[1]
+    return paper_image_size(height, width)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
