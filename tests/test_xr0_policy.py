@@ -34,13 +34,15 @@ def make_stats(action_mode="absolute"):
     return compute_stats(states, actions, RIG_JOINT_NAMES, chunk=T, action_mode=action_mode)
 
 
-def save_tiny(directory, action_mode="absolute", **stats_extra):
+def save_tiny(directory, action_mode="absolute", state_input="raw", **stats_extra):
     torch.manual_seed(0)
     cfg = preset("xr0-tiny", action_length=T, image_size=(64, 64))
     model = XR0Model.from_config(cfg)
     ns = make_stats(action_mode)
+    ns.extra = {"normalization": "mean_std", "state": state_input}
     stats = {"norm_stats": ns.to_dict(), "layout": ActionLayout.from_joint_names(RIG_JOINT_NAMES).to_dict(),
-             "cameras": CAMERAS, "action_mode": action_mode, "image_size": [64, 64], **stats_extra}
+             "cameras": CAMERAS, "view_labels": list(cfg.view_labels), "action_mode": action_mode,
+             "image_size": [64, 64], "chunk": T, **stats_extra}
     save_checkpoint(model, cfg, directory, stats=stats, tokenizer=load_tokenizer())
     return ns
 
@@ -93,7 +95,7 @@ def test_clean_prefix_rows_come_back_in_rig_units(policy):
 
 
 def test_delta_mode_prefix_and_state(tmp_path):
-    save_tiny(tmp_path, action_mode="delta")
+    save_tiny(tmp_path, action_mode="delta", state_input="normalized")
     policy = XR0Policy.from_checkpoint(tmp_path)
     images, state = observation(2)
     prefix = np.tile(state, (2, 1)) + 0.02
@@ -189,7 +191,7 @@ def test_checkpoint_errors(tmp_path):
     (d / "stats.json").write_text(json.dumps(stats))
     with pytest.raises(PolicyInputError, match="lacks cameras"):
         XR0Policy.from_checkpoint(d)
-    save_tiny(d, chunk_length=T + 4)
+    save_tiny(d, chunk=T + 4)
     with pytest.raises(PolicyInputError, match=f"statistics cover chunks of {T}"):
         XR0Policy.from_checkpoint(d)
     save_tiny(d)
@@ -218,3 +220,17 @@ def test_official_release_policy(tmp_path):
     np.testing.assert_allclose(again[:2], prefix, atol=1e-5)
     with pytest.raises(PolicyInputError, match="state has 33 dims"):
         policy.infer(images, np.zeros(33), "t")
+
+
+def test_state_enters_as_the_statistics_say(tmp_path):
+    layout = ActionLayout.from_joint_names(RIG_JOINT_NAMES)
+    images, state = observation(4)
+    for mode in ("raw", "normalized"):
+        ns = save_tiny(tmp_path / mode, state_input=mode)
+        policy = XR0Policy.from_checkpoint(tmp_path / mode)
+        seen = []
+        velocity = policy.model.velocity
+        policy.model.velocity = lambda cache, x, t, s, *a, **k: (seen.append(s), velocity(cache, x, t, s, *a, **k))[1]
+        policy.infer(images, state, "transfer the cube", seed=0)
+        want = layout.to_model(state if mode == "raw" else ns.normalize_state(state))
+        np.testing.assert_allclose(seen[0][0].numpy(), want, rtol=1e-6, atol=1e-6)

@@ -10,18 +10,25 @@ model layout (normalised with the checkpoint's statistics; released checkpoints 
 zero-padded); the backbone is prefilled once and its KV cache serves every denoising step; the
 clean prefix is held fixed; the chunk is unnormalised and mapped back to the rig's dims.
 
-The workstation's own checkpoint directory (xr0.model.save_checkpoint) carries in stats.json:
+The workstation's own checkpoint directory (xr0.model.save_checkpoint) carries in stats.json
+what the trainer writes:
 
-    {"norm_stats":  NormStats.to_dict(),           required; joint names, action mode, H
+    {"norm_stats":  NormStats.to_dict(),           required; joint names, action mode, H;
+                                                   extra {"normalization": "mean_std" |
+                                                   "quantile", "state": "raw" | "normalized"}
      "layout":      ActionLayout.to_dict(),        optional; must agree with norm_stats' joints
      "cameras":     ["cam_high", ...],             required; camera names in view order
+     "view_labels": ["Ego View", ...],             optional; must equal the config's
      "action_mode": "absolute" | "delta",          optional; must agree with norm_stats
-     "normalization": "mean_std" | "quantile",     optional, default "mean_std"
      "image_size":  [h, w],                        optional; frames are resized to it (PIL
                                                    bilinear, as the training dataset does)
+     "chunk":       T,                             optional, default config action_length
      "camera_sizes": {"cam_high": [h, w], ...},    optional; frames must arrive at these sizes
-     "chunk_length": T,                            optional, default config action_length
      "async_post_trained": bool}                   optional, default: config rule is "lambda"
+
+The state enters the model raw (zero-padded into the 32-d layout, as the released checkpoints
+take it) unless norm_stats.extra["state"] is "normalized"; actions are normalised per chunk
+position with the statistics' normalisation ("mean_std" by default).
 
 Instructions get the trailing "." of the official clients when they lack one (format_instruction).
 """
@@ -66,13 +73,19 @@ class NormStatsSpace:
     the state statistics, action chunk position k by the position-k statistics)."""
 
     def __init__(self, stats: NormStats, layout: ActionLayout, chunk_length: int,
-                 normalization: str = "mean_std"):
+                 normalization: str = "mean_std", state_input: str = "raw"):
+        if state_input not in ("raw", "normalized"):
+            raise PolicyInputError(f"unknown state input {state_input!r} in the statistics' extra; "
+                                   "expected 'raw' or 'normalized'")
         self.stats, self.layout, self.mode = stats, layout, normalization
+        self.state_input = state_input
         self.chunk_length = chunk_length
         self.state_dim = self.action_dim = layout.dim
         self.action_mask = np.broadcast_to(layout.mask, (chunk_length, MODEL_DIM)).copy()
 
     def state_to_model(self, state: np.ndarray) -> np.ndarray:
+        if self.state_input == "raw":
+            return self.layout.to_model(state)
         return self.layout.to_model(self.stats.normalize_state(state, self.mode))
 
     def actions_to_model(self, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
@@ -201,11 +214,16 @@ class XR0Policy:
         if mode != ns.action_mode:
             raise PolicyInputError(f"stats.json says action_mode {mode!r} but its norm_stats are for "
                                    f"{ns.action_mode!r}; re-save the checkpoint")
-        T = int(stats.get("chunk_length", cfg.action_length))
+        labels = stats.get("view_labels")
+        if labels is not None and tuple(labels) != tuple(cfg.view_labels):
+            raise PolicyInputError(f"stats.json's view labels {labels} differ from the model config's "
+                                   f"{list(cfg.view_labels)}; re-save the checkpoint")
+        T = int(stats.get("chunk", cfg.action_length))
         if T > ns.chunk:
             raise PolicyInputError(f"the model predicts {T} actions but the statistics cover chunks of "
                                    f"{ns.chunk}; compute the statistics with chunk >= {T}")
-        space = NormStatsSpace(ns, layout, T, stats.get("normalization", "mean_std"))
+        space = NormStatsSpace(ns, layout, T, ns.extra.get("normalization", "mean_std"),
+                               ns.extra.get("state", "raw"))
         return cls(model, cfg, tokenizer, space, cameras=stats["cameras"], num_steps=num_steps,
                    image_size=stats.get("image_size"), camera_sizes=stats.get("camera_sizes"),
                    supports_prefix=stats.get("async_post_trained"))
