@@ -18,11 +18,13 @@ COMMANDS = (
     "record",
     "replay",
     "run",
+    "serve",  # a policy server for remote inference (xr0.serve)
     "scan",
     "calibrate",
     "cameras",
     "episodes",
     "lerobot",  # export, import: LeRobot v3.0 datasets
+    "train",
     "bench",
 )
 

@@ -356,10 +356,9 @@ class Trainer:
         try:
             self.setup()
         except (TrainError, ValueError, FileNotFoundError) as e:
-            if main:
-                self.emit = self.rundir.emitter(self.on_event) if self.rundir.path.exists() else \
-                    (lambda ev: self.on_event and self.on_event({"time": time.time(), **ev}))
-                self.emit({"event": "error", "error": type(e).__name__, "message": str(e)})
+            if main and self.on_event is not None:   # nothing is written: the folder may be another run's
+                self.on_event({"event": "error", "time": time.time(), "error": type(e).__name__,
+                               "message": str(e)})
             return EXIT_BAD_INPUT
         if main:
             self.emit = self.rundir.emitter(self.on_event)
