@@ -19,6 +19,7 @@ COMMANDS = (
     "replay",
     "run",
     "serve",  # a policy server for remote inference (xr0.serve)
+    "serve",  # a policy server for remote inference (xr0.serve)
     "scan",
     "calibrate",
     "cameras",
