@@ -19,7 +19,6 @@ COMMANDS = (
     "replay",
     "run",
     "serve",  # a policy server for remote inference (xr0.serve)
-    "serve",  # a policy server for remote inference (xr0.serve)
     "scan",
     "calibrate",
     "cameras",
