@@ -150,6 +150,12 @@ class PolicyServer:
     def close(self) -> None:
         self._closed.set()
         self._sock.close()
+        self.disconnect_all()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+
+    def disconnect_all(self) -> None:
+        """Drop every client connection (clients reconnect on their next request); keep serving."""
         with self._lock:
             conns = list(self._conns)
         for c in conns:
@@ -157,8 +163,6 @@ class PolicyServer:
                 c.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
 
     def __enter__(self) -> PolicyServer:
         return self.start()
