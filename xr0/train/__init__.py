@@ -1,1 +1,1 @@
-"""Fine-tuning XR0 on episodes of the store (xr0.train.trainer; presets in xr0.train.config)."""
+"""Training XR0: the training stages (xr0.train.stages) and the fine-tuning trainer."""
