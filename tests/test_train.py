@@ -1,0 +1,164 @@
+"""The trainer on a store recorded with real videos: it learns, checkpoints what the policy
+reads, resumes to the same weights, cancels cleanly, and refuses bad input with the fix."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from store import EpisodeStore
+from xr0.data.synthetic import RIG_JOINT_NAMES, write_episode
+from xr0.model import XR0Processor, load_checkpoint, load_tokenizer, preset
+from xr0.train.augment import augment
+from xr0.train.config import learning_rate, paper_image_size, train_preset
+from xr0.train.inputs import InputBuilder
+from xr0.train.rundir import RunDir, read_events
+from xr0.train.trainer import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_DONE, Trainer
+
+CAMS = {"top": (128, 96, 25.0), "left_wrist": (128, 96, 25.0)}
+STATS_KEYS = {"norm_stats", "layout", "cameras", "view_labels", "image_size", "action_mode", "chunk"}
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_store") / "store"
+    with EpisodeStore.open(root) as st:
+        for i in range(4):
+            write_episode(st, steps=50, cameras=CAMS, seed=i, task="transfer the cube")
+        # a one-armed rig: another action layout (episode 5)
+        left = RIG_JOINT_NAMES[:7]
+        write_episode(st, steps=50, cameras=CAMS, seed=9, joint_names=left)
+    torch.set_num_threads(2)
+    return root
+
+
+def tiny(**changes):
+    base = dict(steps=6, batch=4, micro_batch=2, num_workers=0, val_every=3, checkpoint_every=3,
+                val_episodes=1, val_batches=1, warmup_steps=2, lr=1e-3)
+    return train_preset("tiny-scratch", **{**base, **changes})
+
+
+def run(cfg, store_dir, out, episodes="1-4", **kw):
+    events = []
+    code = Trainer(cfg, store_dir, out, episodes=episodes, on_event=events.append, **kw).run()
+    return code, events
+
+
+def test_loss_decreases_and_checkpoint_reads_back(store_dir, tmp_path):
+    cfg = tiny(steps=40, val_every=40, checkpoint_every=20, lr=2e-3, k_draws=2)
+    code, events = run(cfg, store_dir, tmp_path / "run")
+    assert code == EXIT_DONE, events[-1]
+    losses = [e["loss"] for e in events if e["event"] == "step"]
+    assert len(losses) == 40
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and "val" in kinds
+    val = next(e for e in events if e["event"] == "val")
+    assert set(val["action_error_per_joint"]) == set(RIG_JOINT_NAMES) and val["action_error"] > 0
+    # the event log holds the same events
+    assert [e["event"] for e in read_events(tmp_path / "run")] == kinds
+
+    ckpt = RunDir(tmp_path / "run").last_checkpoint()
+    assert ckpt.name == "step-0000040"
+    model, mcfg, tok, stats = load_checkpoint(ckpt)
+    assert tok is not None and set(stats) == STATS_KEYS
+    assert stats["cameras"] == ["top", "left_wrist"] and stats["image_size"] == [96, 128]
+    assert stats["view_labels"] == ["Ego View", "Left-Wrist View"] and stats["chunk"] == 30
+    assert stats["layout"]["joint_names"] == list(RIG_JOINT_NAMES)
+    assert stats["norm_stats"]["episodes"] == [1, 2, 3]
+    assert mcfg.image_size == (96, 128) and mcfg.view_labels == ("Ego View", "Left-Wrist View")
+    with EpisodeStore.open(store_dir) as st:
+        row = [r for r in st.runs("finetune") if r["paths"]["run_dir"] == str((tmp_path / "run").resolve())][0]
+    assert row["status"] == "done" and row["paths"]["checkpoint"] == str(ckpt.resolve())
+
+
+def test_resume_after_cancel_equals_uninterrupted_run(store_dir, tmp_path):
+    cfg = tiny(steps=6, checkpoint_every=100)
+    assert run(cfg, store_dir, tmp_path / "a")[0] == EXIT_DONE
+
+    trainer = Trainer(cfg, store_dir, tmp_path / "b", episodes="1-4")
+    trainer.on_event = lambda e: setattr(trainer, "cancel_requested", e.get("step") == 3 or
+                                         trainer.cancel_requested)
+    assert trainer.run() == EXIT_CANCELLED
+    assert RunDir(tmp_path / "b").last_checkpoint().name == "step-0000003"
+    code, events = run(cfg, store_dir, tmp_path / "b", resume=True)
+    assert code == EXIT_DONE and events[0]["step"] == 3
+    assert [e["step"] for e in events if e["event"] == "step"] == [4, 5, 6]
+
+    a = load_file(str(RunDir(tmp_path / "a").last_checkpoint() / "model.safetensors"))
+    b = load_file(str(RunDir(tmp_path / "b").last_checkpoint() / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_preset_saves_merged_official_names(store_dir, tmp_path):
+    cfg = train_preset("lora", base="xr0-tiny", steps=3, batch=2, micro_batch=2, num_workers=0,
+                       val_every=100, checkpoint_every=100, val_episodes=1, image_size=(96, 128),
+                       cameras=("top", "left_wrist"), chunk=10, lr=1e-2, warmup_steps=0,
+                       sample_weighting=True, model_changes={})
+    code, events = run(cfg, store_dir, tmp_path / "lora")
+    assert code == EXIT_DONE, events[-1]
+    start = events[0]
+    assert 0 < start["trainable_parameters"] < 1_000_000
+    model, mcfg, _, stats = load_checkpoint(RunDir(tmp_path / "lora").last_checkpoint())
+    assert stats["chunk"] == 10
+    assert not any("lora" in k for k in model.state_dict())
+
+
+def test_bad_input_is_refused_before_the_run(store_dir, tmp_path):
+    def message(cfg, out, episodes="1-4", **kw):
+        code, events = run(cfg, store_dir, out, episodes=episodes, **kw)
+        assert code == EXIT_BAD_INPUT and events[-1]["event"] == "error"
+        return events[-1]["message"]
+
+    assert "selection is empty" in message(tiny(), tmp_path / "x", episodes=" , ")
+    assert "1,3,5-9" in message(tiny(), tmp_path / "x", episodes="1-x")
+    assert "not complete episodes" in message(tiny(), tmp_path / "x", episodes="1,77")
+    msg = message(tiny(), tmp_path / "x", episodes="1,5")
+    assert "different action layouts" in msg and "only the first has" in msg
+    assert "does not exist" in message(tiny(base=str(tmp_path / "nope")), tmp_path / "x")
+    assert "--val-episodes" in message(tiny(val_episodes=2), tmp_path / "x", episodes="1,2")
+    assert "--cameras" in message(tiny(cameras=("top", "belly")), tmp_path / "x")
+    assert "multiple of 32" in message(tiny(image_size=(100, 128)), tmp_path / "x")
+    assert "--resume" in message(tiny(), tmp_path / "x", resume=True)
+    assert not (tmp_path / "x").exists()       # nothing was started
+    # a folder holding another run
+    RunDir(tmp_path / "taken").write({"run_id": 99})
+    assert "already holds a run" in message(tiny(), tmp_path / "taken")
+    assert json.loads((tmp_path / "taken" / "run.json").read_text()) == {"run_id": 99}
+
+
+def test_batched_inputs_equal_the_processor():
+    cfg = preset("xr0-tiny", image_size=(64, 96))
+    proc = XR0Processor(load_tokenizer(), cfg)
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (3, 2, 64, 96, 3), dtype=np.uint8)
+    texts = ["transfer the cube.", "pick up the cube and place it.", "transfer the cube."]
+    ref = proc([list(v) for v in imgs], texts)
+    got = InputBuilder(proc, (64, 96))(torch.from_numpy(imgs), texts)
+    for name in ("input_ids", "attention_mask", "image_grid_thw", "position_ids", "pixel_values"):
+        assert torch.equal(getattr(ref, name), getattr(got, name)), name
+
+
+def test_augmentation_is_seeded_and_bounded():
+    x = torch.rand(6, 3, 32, 48)
+    a = augment(x, torch.Generator().manual_seed(1))
+    b = augment(x, torch.Generator().manual_seed(1))
+    c = augment(x, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    assert not torch.allclose(a, x, atol=1e-3)
+    # without crop and with p = 0 nothing changes
+    assert torch.allclose(augment(x, torch.Generator().manual_seed(1), crop_scale=1.0, p=0.0), x)
+
+
+def test_schedule_and_image_size_rule():
+    cfg = train_preset("full", steps=1000, warmup_steps=100, lr=1e-4, lr_floor=5e-7)
+    assert learning_rate(cfg, 0) == pytest.approx(5e-7)
+    assert learning_rate(cfg, 100) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 550) == pytest.approx((1e-4 + 5e-7) / 2)
+    assert learning_rate(cfg, 1000) == pytest.approx(5e-7)
+    h, w = paper_image_size(480, 640)
+    assert h % 32 == 0 and w % 32 == 0 and h * w <= 90_000 and (h, w) == (256, 320)
