@@ -19,6 +19,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "runtime": ("bench.runtime", "async chunk execution on the sim transfer cube: success, "
                 "boundary discontinuity and RMS jerk per strategy and injected delay; control-loop "
                 "period error with inference running"),
+    "model": ("bench.model", "XR0 inference latency through XR0Policy.infer: xr0-tiny on 2 CPU "
+              "threads (p50/p95, preprocessing/prefill/denoising), xr0-4.7b in bf16 on a GPU"),
     "serve": ("bench.serve", "policy server transport on localhost: RemotePolicy round trip "
               "minus server inference (p50/p95) and bytes per request at 2 x 224x224"),
 }
