@@ -7,8 +7,9 @@ frames: 16 frames of 480x640 are 15 MB).
 
 Process safety: nothing is opened at construction and the pool pickles empty, so a dataset can be
 sent to DataLoader workers by fork, spawn or forkserver; a pool that finds itself in another
-process than the one that opened its readers (a fork after use) drops them without closing (the
-parent still owns those decoders) and opens its own.
+process than the one that opened its readers (a fork after use) sets them aside untouched, never
+closing or freeing them there (the parent still owns those decoders, and tearing down a forked
+copy of FFmpeg state can hang), and opens its own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from collections import OrderedDict
 from collections.abc import Hashable
 
 from store.video import VideoReader
+
+# readers inherited through fork: kept referenced so the child never runs their teardown
+_INHERITED: list = []
 
 
 class ReaderPool:
@@ -32,7 +36,8 @@ class ReaderPool:
 
     def get(self, key: Hashable, path: str) -> VideoReader:
         if self._pid != os.getpid():
-            self._readers = OrderedDict()   # inherited by fork: the parent's, not ours to close
+            _INHERITED.append(self._readers)   # inherited by fork: the parent's, not ours
+            self._readers = OrderedDict()
             self._pid = os.getpid()
             self.opened = 0
         r = self._readers.get(key)
