@@ -1,4 +1,4 @@
-"""`python main.py run --rig sim|CONFIG --policy scripted|CHECKPOINT --strategy NAME
+"""`python main.py run --rig sim|CONFIG --policy scripted|CHECKPOINT|tcp://HOST:PORT --strategy NAME
 [--inject-delay-ms X | --inject-delay-steps N] [--episodes N] [--task TEXT] [--seed S]
 [--save DIR] [--json]`: run a chunk policy on the rig through the asynchronous runtime.
 
@@ -6,7 +6,10 @@ On the sim rig the episodes run in stepping mode (deterministic: the injected de
 control steps; milliseconds are rounded up to steps) and each reports success, completion time,
 inference latency p50/p95, boundary discontinuity (|action at a chunk switch - action before| /
 median within-chunk step) and RMS jerk of the commanded trajectory. `--policy scripted` is the
-sim's scripted operator planning chunks ahead (no model needed).
+sim's scripted operator planning chunks ahead (no model needed); a checkpoint folder is an XR0
+policy run in this process; tcp://HOST:PORT is a policy server (`main.py serve`, `--token`).
+Without an injected delay a model's chunks arrive as many control steps after their request as
+its inference took (the sim waits for it, so the run is what real time would give).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="run a chunk policy on the rig with the asynchronous runtime")
     p.add_argument("--rig", default="sim", help="'sim', a name in assets/rigs, or a .toml path")
     p.add_argument("--policy", default="scripted",
-                   help="'scripted' (the sim operator planning chunks) or a checkpoint folder")
+                   help="'scripted' (the sim operator planning chunks), a checkpoint folder, or "
+                        "tcp://HOST:PORT of a policy server")
+    p.add_argument("--token", help="shared token of the policy server")
     p.add_argument("--strategy", default="xr0", choices=list(STRATEGIES),
                    help="how chunks are joined (default xr0: clean prefix)")
     g = p.add_mutually_exclusive_group()
@@ -51,35 +56,35 @@ def run(args) -> int:
     from drivers.config import SimConfig, load_rig_config
     from drivers.sim.rig import SimRig
 
-    if args.policy != "scripted":
-        raise ValueError(
-            f"--policy {args.policy}: loading an XR0 checkpoint into the runtime is not available "
-            f"yet; use --policy scripted (any policy implementing xr0.runtime.ChunkPolicy can be "
-            f"run with ChunkRuntime in code)")
     cfg = load_rig_config(args.rig)
     if cfg.kind != "sim":
-        raise ValueError(f"--rig {args.rig} is a hardware rig: the scripted policy plans with the "
-                         f"sim's operator, so run it with --rig sim")
+        raise ValueError(f"--rig {args.rig} is a hardware rig: `main.py run` runs headless "
+                         f"episodes on the sim rig (--rig sim); on hardware, run autonomy from "
+                         f"the app, where the operator can stop or take over")
     if args.episodes < 1:
         raise ValueError("--episodes must be at least 1")
+    policy = None if args.policy == "scripted" else load_chunk_policy(args.policy, args.token,
+                                                                      args.task)
     sim = dataclasses.replace(cfg.sim or SimConfig(), realtime=False)
     if args.sim_task:
         sim = dataclasses.replace(sim, task=args.sim_task)
-    cfg = cfg.with_(cameras=(), sim=sim)
+    cfg = cfg.with_(cameras=policy_cameras(cfg, policy), sim=sim)
     dt = 1.0 / cfg.control_hz
     if args.inject_delay_ms is not None:
         if args.inject_delay_ms < 0:
             raise ValueError("--inject-delay-ms must be >= 0")
         delay = int(math.ceil(args.inject_delay_ms / 1e3 / dt - 1e-9))
+    elif args.inject_delay_steps is not None:
+        delay = args.inject_delay_steps
     else:
-        delay = args.inject_delay_steps or 0
+        delay = 0 if policy is None else "measured"
     rows = []
     with SimRig(cfg) as rig:
         for i in range(args.episodes):
             seed = args.seed + i
             save = str(Path(args.save) / f"episode_{seed}") if args.save else None
             r = run_sim_episode(rig, args.strategy, seed, delay, args.chunk, args.k,
-                                args.task, save)
+                                args.task, save, policy=policy)
             rows.append(r)
             if args.json:
                 emit_json({"event": "episode", **r})
@@ -106,3 +111,48 @@ def run(args) -> int:
               f"{len(rows)}, boundary discontinuity {summary['boundary_discontinuity']:.2f}, "
               f"RMS jerk {summary['rms_jerk']:.0f}")
     return 0
+
+
+def load_chunk_policy(spec: str, token: str | None, instruction: str):
+    """The ChunkPolicy behind --policy: a checkpoint folder (XR0 in this process) or
+    tcp://HOST:PORT (a policy server). Layout and camera mismatches are refused here, before the
+    rig moves."""
+    from pathlib import Path
+
+    from drivers import layout
+
+    if spec.startswith("tcp://"):
+        from xr0.serve import RemotePolicy, parse_address
+
+        host, port = parse_address(spec)
+        try:
+            return RemotePolicy(host, port, token=token, joint_names=list(layout.NAMES))
+        except (ConnectionError, TimeoutError) as e:
+            raise ValueError(f"policy server {spec}: {e}") from e
+    if not Path(spec).is_dir():
+        raise ValueError(f"--policy {spec}: no such checkpoint folder; give 'scripted', a "
+                         f"checkpoint folder (from `main.py train`) or tcp://HOST:PORT")
+    from xr0.policy import XR0Policy
+
+    policy = XR0Policy.from_checkpoint(spec)
+    if policy.state_dim != layout.DIM or policy.action_dim != layout.DIM:
+        raise ValueError(f"the checkpoint's policy acts on {policy.action_dim} joints, the rig has "
+                         f"{layout.DIM} ({', '.join(layout.NAMES)}): train it on this rig's "
+                         f"episodes")
+    return policy.as_chunk_policy(instruction)
+
+
+def policy_cameras(cfg, policy) -> tuple:
+    """The rig cameras a policy sees: none for the scripted policy (it plans from the sim state),
+    else the policy's cameras, which the rig must have."""
+    if policy is None:
+        return ()
+    names = (getattr(policy, "cameras", None)                      # a policy in this process
+             or getattr(getattr(policy, "policy", None), "cameras", None)  # XR0ChunkPolicy
+             or getattr(policy, "meta", {}).get("cameras") or ())        # a policy server
+    have = {c.name: c for c in cfg.cameras}
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise ValueError(f"the policy needs cameras {missing} that rig {cfg.name!r} does not have "
+                         f"(it has {sorted(have)}): use the rig the policy was trained on")
+    return tuple(have[n] for n in names)

@@ -118,6 +118,14 @@ class AutonomySource:
         return AutonomyStep(cmd, self.state, r.flags, r.message)
 
 
+def warm_up(policy, obs: Observation, calls: int = 2) -> None:
+    """Run a model policy on an observation before autonomy starts: its first calls pay for lazy
+    initialisation (allocator, kernels, a server's first request), which would otherwise count as
+    inference latency and inflate the delay estimate of the first chunks."""
+    for _ in range(calls):
+        policy.infer(obs, None)
+
+
 def run_stepping(rig, source, steps: int, until_success: bool = False,
                  on_step: Callable[[int, RigState, AutonomyStep], None] | None = None) -> RigState:
     """Drive a stepping-mode sim rig: read, source.step, advance one control period. Returns the
@@ -134,23 +142,32 @@ def run_stepping(rig, source, steps: int, until_success: bool = False,
     return st
 
 
-def run_sim_episode(rig, strategy: str, seed: int, delay_steps: int = 0, chunk_length: int = 50,
-                    k: int = 15, instruction: str = "", save: str | None = None) -> dict:
-    """One deterministic episode of the scripted-chunk policy on a stepping-mode sim rig with an
-    injected inference delay (in control steps). Returns success, completion time (s, None if not
-    completed), inference latency p50/p95 (ms, as the runtime saw it), boundary discontinuity
-    (mean and max over switches, x the median within-chunk step), RMS jerk of the commanded
-    trajectory and the runtime's flags; with `save`, the run's telemetry is written there."""
+def run_sim_episode(rig, strategy: str, seed: int, delay_steps: int | str = 0,
+                    chunk_length: int = 50, k: int = 15, instruction: str = "",
+                    save: str | None = None, policy=None) -> dict:
+    """One deterministic episode on a stepping-mode sim rig, with an inference delay in control
+    steps (an int, or "measured": each chunk arrives as many steps after its request as the
+    policy call took in wall time). policy: any xr0.runtime.ChunkPolicy (an XR0 checkpoint, a
+    remote policy server) whose cameras the rig renders; None is the scripted-chunk policy.
+    Returns success, completion time (s, None if not completed), inference latency p50/p95 (ms,
+    as the runtime saw it), boundary discontinuity (mean and max over switches, x the median
+    within-chunk step), RMS jerk of the commanded trajectory and the runtime's flags; with
+    `save`, the run's telemetry is written there."""
     from app.core.scripted_policy import ScriptedChunkPolicy
     from xr0.runtime import RuntimeConfig
     from xr0.runtime.executor import SteppedExecutor
     from xr0.runtime.metrics import boundary_discontinuity, rms_jerk
 
     rig.reset(seed)
-    policy = ScriptedChunkPolicy(rig, chunk_length=chunk_length)
+    extra = None
+    if policy is None:
+        policy = ScriptedChunkPolicy(rig, chunk_length=chunk_length)
+        extra = policy.capture
     rt = ChunkRuntime(policy, RuntimeConfig(dt=rig.dt, strategy=strategy, k=k),
                       executor=SteppedExecutor(policy, rig.dt, delay_steps))
-    src = AutonomySource(rig, rt, instruction=instruction, time_base="sim", extra=policy.capture)
+    src = AutonomySource(rig, rt, instruction=instruction, time_base="sim", extra=extra)
+    if extra is None:
+        warm_up(policy, src._observe(0, rig.read()))
     steps = int(round(rig.sim.episode_seconds * rig.config.control_hz))
     done_at: list[float] = []
     flags = Flag.NONE

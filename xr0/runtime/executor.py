@@ -98,20 +98,32 @@ class ThreadedExecutor:
 
 class SteppedExecutor:
     """delay_steps: an int, or a function of the request's id giving its delay (None: the policy
-    never answers, for watchdog tests)."""
+    never answers, for watchdog tests), or "measured": the chunk arrives ceil(wall time of the
+    policy call / dt) steps later, so that a stepping-mode run of a real model sees the delay its
+    inference time would cause in real time, while the world waits for it."""
 
-    def __init__(self, policy, dt: float, delay_steps: int | Callable[[int], int | None] = 0):
+    def __init__(self, policy, dt: float,
+                 delay_steps: int | str | Callable[[int], int | None] = 0):
         self.policy = policy
         self.dt = dt
-        self.delay = delay_steps if callable(delay_steps) else (lambda _i, d=int(delay_steps): d)
+        self.measured = delay_steps == "measured"
+        if self.measured:
+            self.delay = None
+        elif callable(delay_steps):
+            self.delay = delay_steps
+        else:
+            self.delay = (lambda _i, d=int(delay_steps): d)
         self._pending: list[tuple[int, Result]] = []
 
     def submit(self, job: Job) -> None:
-        delay = self.delay(job.id)
+        delay = None if self.measured else self.delay(job.id)
+        t0 = time.perf_counter()
         try:
             actions, err = run_policy(self.policy, job), ""
         except Exception as e:  # noqa: BLE001
             actions, err = None, f"{type(e).__name__}: {e}"
+        if self.measured:
+            delay = max(int(np.ceil((time.perf_counter() - t0) / self.dt - 1e-9)), 0)
         if delay is not None:
             self._pending.append((job.step + delay, Result(job, actions, delay * self.dt, err)))
 
