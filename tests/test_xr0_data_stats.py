@@ -157,3 +157,19 @@ def test_bad_input_is_refused():
         compute_stats([states[0][:, :13]], [actions[0]], RIG_JOINT_NAMES, chunk=H)
     with pytest.raises(ValueError, match="at least one episode"):
         compute_stats([], [], RIG_JOINT_NAMES, chunk=H)
+
+
+def test_names_outside_the_model_layout_work_in_absolute_mode_only():
+    from xr0.data.layout import LayoutError
+
+    states, actions = episodes()
+    names = [f"joint{i}" for i in range(14)]
+    st = compute_stats(states, actions, names, chunk=H)
+    assert st.joint_names == tuple(names) and not st.delta_mask.any()
+    with pytest.raises(LayoutError, match="'joint0'.*supported names"):
+        compute_stats(states, actions, names, chunk=H, action_mode="delta")
+    with pytest.raises(LayoutError, match="'joint0'"):
+        st.model_action_config()
+    with pytest.raises(ValueError, match=r"delta_mask has shape \(3,\)"):
+        compute_stats(states, actions, names, chunk=H, action_mode="delta",
+                      delta_mask=np.ones(3, bool))

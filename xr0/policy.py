@@ -35,7 +35,6 @@ Instructions get the trailing "." of the official clients when they lack one (fo
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -265,10 +264,10 @@ class XR0Policy:
 
     def _state(self, state) -> np.ndarray:
         state = np.asarray(state, dtype=np.float64).reshape(-1)
-        ok = len(state) == self.state_dim if isinstance(self.space, NormStatsSpace) or \
-            self.space.layout is not None else 0 < len(state) <= MODEL_DIM
+        names = self.space.layout
+        # a release without a layout takes any state up to 32 dims, zero-padded
+        ok = len(state) == self.state_dim if names is not None else 0 < len(state) <= MODEL_DIM
         if not ok:
-            names = getattr(self.space, "layout", None)
             raise PolicyInputError(f"state has {len(state)} dims, the policy expects {self.state_dim}"
                                    f"{' (' + ', '.join(names.joint_names) + ')' if names else ''}; "
                                    "pass the rig's state in the layout the policy was trained on")
@@ -388,13 +387,5 @@ class XR0ChunkPolicy:
         return self.policy.infer_guided(obs, prev_chunk, weights, beta)
 
 
-def read_stats(directory: str | Path) -> dict:
-    """The stats.json dict of a workstation checkpoint (see the module doc)."""
-    path = Path(directory) / "stats.json"
-    if not path.is_file():
-        raise PolicyInputError(f"{path} is missing: save the checkpoint with its statistics")
-    return json.loads(path.read_text())
-
-
 __all__ = ["NormStatsSpace", "OfficialSpace", "PolicyInputError", "XR0ChunkPolicy", "XR0Policy",
-           "format_instruction", "read_stats"]
+           "format_instruction"]

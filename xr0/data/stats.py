@@ -149,11 +149,13 @@ def compute_stats(states: Sequence[np.ndarray], actions: Sequence[np.ndarray],
         raise ValueError("give one state and one action array per episode, at least one episode")
     names = tuple(joint_names)
     dim = len(names)
-    if delta_mask is None:
-        delta_mask = ActionLayout.from_joint_names(names).delta_mask
-    delta_mask = np.asarray(delta_mask, dtype=bool)
     if action_mode == "absolute":
         delta_mask = np.zeros(dim, dtype=bool)
+    elif delta_mask is None:
+        delta_mask = ActionLayout.from_joint_names(names).delta_mask
+    delta_mask = np.asarray(delta_mask, dtype=bool)
+    if delta_mask.shape != (dim,):
+        raise ValueError(f"delta_mask has shape {delta_mask.shape}, expected ({dim},)")
     states = [np.asarray(s, dtype=np.float64) for s in states]
     actions = [np.asarray(a, dtype=np.float64) for a in actions]
     for i, (s, a) in enumerate(zip(states, actions)):
