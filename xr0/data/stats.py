@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from xr0.data.chunks import check_mode, position_entries
-from xr0.data.layout import MODEL_DIM, ActionLayout
+from xr0.data.layout import ActionLayout
 
 STD_FLOOR = 1e-4
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q90": 0.90, "q99": 0.99}
