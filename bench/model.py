@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 
@@ -76,7 +77,8 @@ def tiny_latency(quick: bool) -> Iterator[Figure]:
     calls, warmup = (5, 2) if quick else (60, 5)
     t = _measure(policy, images, state, calls, warmup)
     detail = {"calls": calls, "warmup": warmup, "threads": torch.get_num_threads(), "steps": 5,
-              "cameras": "2 x 224x224", "chunk": cfg.action_length, "quick": quick}
+              "cameras": "2 x 224x224", "chunk": cfg.action_length, "quick": quick,
+              "load_avg_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
     yield from _figures("tiny", t, 50.0, "p50 <= 50 ms on 2 CPU threads", ANCHOR_TINY, detail)
 
 
