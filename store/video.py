@@ -393,7 +393,7 @@ class VideoReader:
         kb = np.maximum.accumulate(np.where(k, np.arange(len(p)), 0))
         self._idx = _Index(p, k, kb)
         self._pos_of_pts = {int(v): i for i, v in enumerate(p)}
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[int, np.ndarray | av.VideoFrame] = OrderedDict()
         self._cache_frames = cache_frames
         self._decoder = None
         self._next = -1           # index the live decoder will produce next
@@ -430,6 +430,12 @@ class VideoReader:
             img = self._decode_to(i)
         else:
             self._cache.move_to_end(i)
+        if not isinstance(img, np.ndarray):
+            # frames decoded on the way to another stay in the decoder's pixel format until asked
+            # for: the RGB conversion costs more than decoding, and a random access passes up to
+            # a GOP of frames it does not need
+            img = img.to_ndarray(format="rgb24")
+            self._cache[i] = img
         return _resize(img, size) if size else img
 
     def frames(self, indices, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -448,7 +454,7 @@ class VideoReader:
         self.close()
 
     # -- decoding ------------------------------------------------------------------------------
-    def _decode_to(self, i: int) -> np.ndarray:
+    def _decode_to(self, i: int) -> av.VideoFrame:
         k = int(self._idx.key_before[i])
         # keep decoding forward when no keyframe lies between the decoder's position and i
         if self._decoder is None or not (self._next <= i and k <= self._next):
@@ -466,10 +472,9 @@ class VideoReader:
                     continue
                 self.decoded += 1
                 self._next = j + 1
-                img = frame.to_ndarray(format="rgb24")
-                self._put(j, img)
+                self._put(j, frame)
                 if j == i:
-                    return img
+                    return frame
                 if j > i:
                     break
         except av.FFmpegError as e:
@@ -484,7 +489,7 @@ class VideoReader:
         self._decoder = self._c.decode(self._s)
         self._next = k
 
-    def _put(self, j: int, img: np.ndarray) -> None:
+    def _put(self, j: int, img) -> None:
         self._cache[j] = img
         self._cache.move_to_end(j)
         while len(self._cache) > self._cache_frames:
