@@ -16,6 +16,9 @@ BENCHES: dict[str, tuple[str, str]] = {
             "error, sim real-time factor"),
     "record": ("bench.record", "three 480x640 cameras at 30 fps streaming-encoded plus 14-d state "
                "at 50 Hz: dropped/duplicated frames, encode lag, time to finalise, MB/min"),
+    "data": ("bench.data", "training samples per second from recorded episodes (frames decoded "
+             "from the videos at their timestamps, resized, with action chunks), shuffled and "
+             "sequential"),
     "runtime": ("bench.runtime", "async chunk execution on the sim transfer cube: success, "
                 "boundary discontinuity and RMS jerk per strategy and injected delay; control-loop "
                 "period error with inference running"),
