@@ -402,12 +402,16 @@ class Trainer:
                                                    if p.requires_grad)})
         log_every = max(1, cfg.steps // 500)
         t0, s0, last_ckpt = time.monotonic(), self.step, None
+        last_emit = t0
         it = iter(loader)
         accum = sampler.accum
         cancelled = False
         while self.step < cfg.steps:
             parts = self.train_step([next(it) for _ in range(accum)])
-            if main and (self.step % log_every == 0 or self.step == cfg.steps):
+            now = time.monotonic()
+            if main and (self.step % log_every == 0 or self.step == cfg.steps or
+                         self.step - s0 <= 10 or now - last_emit >= 2.0):
+                last_emit = now
                 rate = (self.step - s0) * cfg.batch / max(time.monotonic() - t0, 1e-9)
                 self.emit({"event": "step", "step": self.step, "steps": cfg.steps, **parts,
                            "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate,

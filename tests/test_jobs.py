@@ -1,0 +1,96 @@
+"""The background job runner drives a real `main.py train` process: events stream in, SIGTERM
+leaves a valid last checkpoint and a cancelled run, and a new runner finds a run again."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from app.core.jobs import TrainingJob, find_runs
+from store import EpisodeStore
+from xr0.data.synthetic import write_episode
+from xr0.model import load_checkpoint
+from xr0.train.rundir import RunDir
+
+ENV = {"OMP_NUM_THREADS": "1"}
+ARGS = ["--micro-batch", "2", "--workers", "0", "--checkpoint-every", "1000", "--val-every", "1000",
+        "--warmup", "2"]
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobs_store") / "store"
+    with EpisodeStore.open(root) as st:
+        for i in range(3):
+            write_episode(st, steps=40, cameras={"top": (128, 96, 25.0), "left_wrist": (128, 96, 25.0)},
+                          seed=i, task="transfer the cube")
+    return root
+
+
+def wait_for(job, kind, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        try:
+            ev = job.events.get(timeout=0.5)
+        except Exception:
+            if not job.alive():
+                break
+            continue
+        seen.append(ev)
+        if ev["event"] == kind:
+            return seen
+    raise AssertionError(f"no {kind!r} event; got {[e['event'] for e in seen]}; "
+                         f"stderr: {job.stderr_tail[-5:]}")
+
+
+def test_events_stream_and_sigterm_cancels_with_a_valid_checkpoint(store_dir, tmp_path):
+    got = []
+    job = TrainingJob.start(store_dir, tmp_path / "run", base="xr0-tiny", preset="tiny-scratch",
+                            steps=100000, batch=2, val_episodes=1, extra_args=ARGS,
+                            on_event=got.append, env=ENV)
+    seen = wait_for(job, "step")
+    assert seen[0]["event"] == "start" and seen[0]["train_episodes"] == [1, 2]
+    assert {"loss", "mse", "freq", "lr", "samples_per_s", "eta_s"} <= set(seen[-1])
+    assert os.getpgid(job.pid) == job.pid          # its own process group
+    code = job.cancel(timeout=60)
+    assert code == 3, job.stderr_tail
+    done = [e for e in got if e["event"] == "done"]
+    assert done and done[-1]["status"] == "cancelled"
+    ckpt = RunDir(tmp_path / "run").last_checkpoint()
+    assert ckpt is not None and str(ckpt) == done[-1]["checkpoint"]
+    _, _, _, stats = load_checkpoint(ckpt)
+    assert stats["cameras"] == ["top", "left_wrist"]
+    (run,) = [r for r in find_runs(store_dir) if r.run_dir == (tmp_path / "run").resolve()]
+    assert run.status == "cancelled" and run.checkpoint == str(ckpt.resolve())
+
+
+def test_a_new_runner_finds_a_running_job_follows_it_and_sees_it_die(store_dir, tmp_path):
+    job = TrainingJob.start(store_dir, tmp_path / "run", base="xr0-tiny", preset="tiny-scratch",
+                            steps=100000, batch=2, val_episodes=1, extra_args=ARGS, env=ENV)
+    try:
+        wait_for(job, "step")
+        # "restart": a fresh look at the store, no reference to the first job object
+        (run,) = [r for r in find_runs(store_dir) if r.run_dir == (tmp_path / "run").resolve()]
+        assert run.status == "running" and run.pid == job.pid and run.step >= 1
+        follower = TrainingJob.attach(run)
+        seen = wait_for(follower, "step")
+        assert seen[0]["event"] == "start" and follower.alive()
+        os.killpg(job.pid, signal.SIGKILL)             # the trainer dies without a word
+        assert job.wait(10) == -signal.SIGKILL
+        follower.wait(10)
+        assert not follower.alive()
+        (run,) = [r for r in find_runs(store_dir) if r.run_dir == (tmp_path / "run").resolve()]
+        assert run.status == "died"
+    finally:
+        if job.alive():
+            job.cancel(timeout=5)
+
+
+def test_bad_input_reaches_the_caller_as_an_error_event(store_dir, tmp_path):
+    job = TrainingJob.start(store_dir, tmp_path / "run", base=str(tmp_path / "missing"),
+                            preset="tiny-scratch", steps=5, env=ENV)
+    assert job.wait(60) == 2
+    errors = [e for e in list(job.events.queue) if e["event"] == "error"]
+    assert errors and "does not exist" in errors[0]["message"]
