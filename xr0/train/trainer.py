@@ -173,7 +173,7 @@ class Trainer:
                 raise TrainError(f"{rd.path} has no complete checkpoint to resume from: start the run "
                                  "again without --resume in a fresh --out folder")
             return info
-        if rd.exists():
+        if rd.exists() and self.info.is_main:    # other ranks may see rank 0's fresh run.json
             raise TrainError(f"{rd.path} already holds a run ({rd.run_file.name}): pass --resume to "
                              "continue it, or choose another --out folder")
         return None
