@@ -57,69 +57,9 @@ from xr0.train.inputs import InputBuilder
 from xr0.train.model_setup import (TrainError, StateView, apply_trainable, merged_state_dict,
                                    optimizer_groups, view_labels_for)
 from xr0.train.rundir import TRAINING_STATE, RunDir
+from xr0.train.selection import StepBatches, parse_selection, seed_of
 
 EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
-
-
-def parse_selection(text: str | Sequence[int] | None, available: Sequence[int]) -> list[int]:
-    """'all', None, '1,3,5-9' or a list of ids -> the selected ids, in the given order."""
-    if text is None or (isinstance(text, str) and text.strip().lower() == "all"):
-        ids = list(available)
-    elif isinstance(text, str):
-        ids = []
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            try:
-                if "-" in part:
-                    a, b = (int(x) for x in part.split("-", 1))
-                    if b < a:
-                        raise ValueError
-                    ids.extend(range(a, b + 1))
-                else:
-                    ids.append(int(part))
-            except ValueError:
-                raise TrainError(f"cannot read episode selection {part!r} in {text!r}: write ids and "
-                                 "ranges like 1,3,5-9, or 'all'") from None
-    else:
-        ids = [int(i) for i in text]
-    if not ids:
-        raise TrainError("the episode selection is empty: select at least two complete episodes "
-                         "(one to train on, one to validate) or pass --episodes all")
-    missing = sorted(set(ids) - set(available))
-    if missing:
-        raise TrainError(f"episode(s) {missing[:10]} are not complete episodes of the store: list "
-                         "them with `python main.py episodes --store DIR` and select complete ones")
-    return list(dict.fromkeys(ids))
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-class _StepBatches(torch.utils.data.Sampler):
-    """This process's micro-batches of sample indices, step by step from `start_step`: global
-    sample j of the run is permutation(epoch j // N)[j % N], the global batch of step s holds
-    samples s*B .. s*B+B-1, and rank r takes micro-batches r*A .. r*A+A-1 of it."""
-
-    def __init__(self, n: int, cfg: TrainConfig, info: distributed.DistInfo, start_step: int):
-        self.n, self.cfg, self.info, self.start = n, cfg, info, start_step
-        self.accum = cfg.accumulation(info.world_size)
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _sample(self, j: int) -> int:
-        epoch, r = divmod(j, self.n)
-        if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng(_seed(self.cfg.seed, 7, epoch)).permutation(self.n)}
-        return int(self._perms[epoch][r])
-
-    def __iter__(self):
-        B, m = self.cfg.batch, self.cfg.micro_batch
-        for step in range(self.start, self.cfg.steps):
-            for a in range(self.accum):
-                first = step * B + (self.info.rank * self.accum + a) * m
-                yield [self._sample(j) for j in range(first, first + m)]
-
-    def __len__(self) -> int:
-        return (self.cfg.steps - self.start) * self.accum
 
 
 class _FlowLoss(nn.Module):
@@ -300,7 +240,7 @@ class Trainer:
         parts = {"loss": 0.0, "mse": 0.0, "freq": 0.0}
         for a, batch in enumerate(micro_batches):
             g = self.info.rank * accum + a
-            gen = torch.Generator().manual_seed(_seed(cfg.seed, self.step, g))
+            gen = torch.Generator().manual_seed(seed_of(cfg.seed, self.step, g))
             inputs, state, actions, mask = self._tensors(batch, gen, augment=True)
             sync = a == accum - 1 or not hasattr(self.loss_module, "no_sync")
             ctx = self.loss_module.no_sync() if not sync else _nullcontext()
@@ -330,7 +270,7 @@ class Trainer:
         losses, abs_err, counts = [], None, None
         for i, first in enumerate(range(0, count, cfg.micro_batch)):
             batch = collate([self.val_ds[int(j)] for j in index[first:first + cfg.micro_batch]])
-            gen = torch.Generator().manual_seed(_seed(cfg.seed, 99, i))
+            gen = torch.Generator().manual_seed(seed_of(cfg.seed, 99, i))
             inputs, state, actions, mask = self._tensors(batch, None, augment=False)
             with self._autocast():
                 cache = model.prefill(inputs)
@@ -389,7 +329,7 @@ class Trainer:
 
     def _loop(self) -> tuple[str, int]:
         cfg, main = self.cfg, self.info.is_main
-        sampler = _StepBatches(len(self.train_ds), cfg, self.info, self.step)
+        sampler = StepBatches(len(self.train_ds), cfg, self.info, self.step)
         loader = DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=collate,
                             num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                             prefetch_factor=4 if cfg.num_workers else None)
