@@ -16,6 +16,9 @@ from xr0.train.model_setup import TrainError
 
 def parse_selection(text: str | Sequence[int] | None, available: Sequence[int]) -> list[int]:
     """'all', None, '1,3,5-9' or a list of ids -> the selected ids, in the given order."""
+    if not available:
+        raise TrainError("the store has no complete episodes: record demonstrations first "
+                         "(`python main.py record --store DIR ...`) or point --store at another store")
     if text is None or (isinstance(text, str) and text.strip().lower() == "all"):
         ids = list(available)
     elif isinstance(text, str):

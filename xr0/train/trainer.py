@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from store import EpisodeStore
+from store import EpisodeStore, StoreError
 from xr0.data import ActionLayout, NormStats
 from xr0.data.dataset import EpisodeDataset, collate
 from xr0.model import PRESETS as MODEL_PRESETS
@@ -295,7 +295,7 @@ class Trainer:
         main = self.info.is_main
         try:
             self.setup()
-        except (TrainError, ValueError, FileNotFoundError) as e:
+        except (TrainError, ValueError, FileNotFoundError, StoreError) as e:
             if main and self.on_event is not None:   # nothing is written: the folder may be another run's
                 self.on_event({"event": "error", "time": time.time(), "error": type(e).__name__,
                                "message": str(e)})
