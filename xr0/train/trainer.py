@@ -58,6 +58,7 @@ from xr0.train.model_setup import (TrainError, StateView, apply_trainable, merge
                                    optimizer_groups, view_labels_for)
 from xr0.train.rundir import TRAINING_STATE, RunDir
 from xr0.train.selection import StepBatches, parse_selection, seed_of
+from xr0.policy import format_instruction
 
 EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
 
@@ -218,7 +219,7 @@ class Trainer:
     # -- batches ---------------------------------------------------------------------------------
 
     def _tensors(self, batch: dict, generator: torch.Generator | None, augment: bool):
-        inputs = self.builder(batch["images"], [s + "." for s in batch["instruction"]],
+        inputs = self.builder(batch["images"], [format_instruction(s) for s in batch["instruction"]],
                               generator=generator, augment_images=augment and self.cfg.augment,
                               crop_scale=self.cfg.crop_scale, jitter_p=self.cfg.jitter_p)
         dev = self.info.device
