@@ -140,7 +140,7 @@ def test_control_loop_keeps_its_period_while_three_cameras_render_elsewhere(sim_
     spends no CPU (and no GIL) on them, and its control thread keeps its period.
 
     Period error on 2 shared cores is at the mercy of other processes (a spike preempts the thread
-    holding the GIL), so the bound applies to the best of up to three 3 s windows; the CPU split
+    holding the GIL), so the bound applies to the best of up to five 3 s windows; the CPU split
     is the reliable discriminator (in-process rendering cost this process ~0.5 s/s more)."""
     from app.core.rig_session import RigSession
     from drivers.config import load_rig_config
@@ -155,7 +155,7 @@ def test_control_loop_keeps_its_period_while_three_cameras_render_elsewhere(sim_
         for cam in session.rig.cameras.values():
             cam.wait_next(0, timeout_s=10.0)
         time.sleep(0.5)
-        for _ in range(3):
+        for _ in range(5):
             session.period_error.clear()
             w0, c0, k0 = time.monotonic(), time.process_time(), cpu_seconds(worker)
             time.sleep(3.0)
