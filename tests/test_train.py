@@ -73,6 +73,14 @@ def test_loss_decreases_and_checkpoint_reads_back(store_dir, tmp_path):
         row = [r for r in st.runs("finetune") if r["paths"]["run_dir"] == str((tmp_path / "run").resolve())][0]
     assert row["status"] == "done" and row["paths"]["checkpoint"] == str(ckpt.resolve())
 
+    # the run folder is a policy: its newest checkpoint acts on the rig's 14 joints
+    from xr0.policy import XR0Policy
+
+    policy = XR0Policy.from_checkpoint(tmp_path / "run")
+    images = {c: np.zeros((96, 128, 3), np.uint8) for c in ("top", "left_wrist")}
+    chunk = policy.infer(images, np.zeros(len(RIG_JOINT_NAMES)), "transfer the cube", seed=0)
+    assert chunk.shape == (30, len(RIG_JOINT_NAMES)) and np.isfinite(chunk).all()
+
 
 def test_resume_after_cancel_equals_uninterrupted_run(store_dir, tmp_path):
     cfg = tiny(steps=4, checkpoint_every=100, val_episodes=0)

@@ -35,6 +35,7 @@ Instructions get the trailing "." of the official clients when they lack one (fo
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -175,6 +176,13 @@ class XR0Policy:
         apply to releases (which statistics, where the rig's dims go, the prompt's view labels,
         the camera names in view order)."""
         directory = Path(directory)
+        last = directory / "last.json"   # a training run folder: its newest complete checkpoint
+        if last.is_file() and not (directory / "xr0_checkpoint.json").is_file():
+            try:
+                directory = directory / json.loads(last.read_text())["path"]
+            except (ValueError, KeyError) as e:
+                raise PolicyInputError(f"{last} is unreadable ({e}): pass a checkpoint folder "
+                                       f"from {directory / 'checkpoints'} instead") from e
         if dtype is None:
             dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
         if is_official_checkpoint(directory):
