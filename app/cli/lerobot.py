@@ -38,21 +38,12 @@ def register(sub) -> None:
 
 def parse_ids(text: str) -> list[int]:
     """'1,3,5-9' -> [1, 3, 5, 6, 7, 8, 9]"""
-    ids: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                a, b = (int(x) for x in part.split("-", 1))
-                if b < a:
-                    raise ValueError
-                ids.extend(range(a, b + 1))
-            else:
-                ids.append(int(part))
-        except ValueError:
-            raise ValueError(f"--episodes {text!r}: give ids and ranges like 1,3,5-9") from None
+    from store.selection import parse_episode_ids
+
+    try:
+        ids = parse_episode_ids(text)
+    except ValueError as e:
+        raise ValueError(f"--episodes: {e}") from None
     if not ids:
         raise ValueError(f"--episodes {text!r} names no episode: give ids like 1,3,5-9")
     return ids

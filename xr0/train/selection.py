@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from store.selection import parse_episode_ids
 from xr0.train import distributed
 from xr0.train.config import TrainConfig
 from xr0.train.model_setup import TrainError
@@ -22,19 +23,10 @@ def parse_selection(text: str | Sequence[int] | None, available: Sequence[int]) 
     if text is None or (isinstance(text, str) and text.strip().lower() == "all"):
         ids = list(available)
     elif isinstance(text, str):
-        ids = []
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            try:
-                if "-" in part:
-                    a, b = (int(x) for x in part.split("-", 1))
-                    if b < a:
-                        raise ValueError
-                    ids.extend(range(a, b + 1))
-                else:
-                    ids.append(int(part))
-            except ValueError:
-                raise TrainError(f"cannot read episode selection {part!r} in {text!r}: write ids and "
-                                 "ranges like 1,3,5-9, or 'all'") from None
+        try:
+            ids = parse_episode_ids(text)
+        except ValueError as e:
+            raise TrainError(f"{e}, or 'all'") from None
     else:
         ids = [int(i) for i in text]
     if not ids:
