@@ -22,19 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from store.columns import fsync_dir
+
 RUN_FILE = "run.json"
 EVENTS_FILE = "events.jsonl"
 LAST_FILE = "last.json"
 CHECKPOINTS = "checkpoints"
 TRAINING_STATE = "training_state.pt"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -44,7 +38,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def read_events(run_dir: str | os.PathLike) -> list[dict]:
@@ -132,11 +126,11 @@ class RunDir:
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         write_json_atomic(self.path / LAST_FILE, {"step": step,
                                                   "path": str(final.relative_to(self.path))})
         for old in self.checkpoints()[:-keep] if keep > 0 else []:
