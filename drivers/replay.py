@@ -16,7 +16,7 @@ import numpy as np
 
 from drivers import layout
 from drivers.rig import Rig, RigState
-from drivers.safety import SafetyFilter, joint_gap, ramp_step
+from drivers.safety import SafetyFilter, joint_gap, ramp_delta, ramp_step
 
 
 class ReplayState(enum.Enum):
@@ -46,8 +46,7 @@ class ReplaySource:
         self.actions = actions
         safety = rig.config.safety
         self.filter = SafetyFilter(*rig.limits(), safety)
-        self.ramp_delta = np.where(layout.IS_GRIPPER, safety.max_step_gripper,
-                                   safety.ramp_speed_rad_s / rig.config.control_hz)
+        self.ramp_delta = ramp_delta(safety, rig.config.control_hz)
         self.tolerance = safety.ramp_tolerance_rad
         self.state = ReplayState.RAMP
         self.index = -1

@@ -60,3 +60,10 @@ class SafetyFilter:
         self.clamped_rate += 1
         return last_command + np.clip(delta, -self.max_step, self.max_step)
 
+
+
+def ramp_delta(safety: SafetyConfig, control_hz: float) -> np.ndarray:
+    """Per-step limit of a safe ramp to a first target: joints at the ramp speed of the rig
+    config, grippers at their largest step."""
+    return np.where(layout.IS_GRIPPER, safety.max_step_gripper,
+                    safety.ramp_speed_rad_s / control_hz)
