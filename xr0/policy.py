@@ -35,7 +35,6 @@ Instructions get the trailing "." of the official clients when they lack one (fo
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,6 +53,7 @@ from xr0.model.processor import XR0Processor
 from xr0.model.xr0 import XR0Model
 from xr0.runtime import rtc
 from xr0.runtime.policy import Observation
+from xr0.train.rundir import LAST_FILE, RunDir
 
 
 class PolicyInputError(ValueError):
@@ -176,13 +176,13 @@ class XR0Policy:
         apply to releases (which statistics, where the rig's dims go, the prompt's view labels,
         the camera names in view order)."""
         directory = Path(directory)
-        last = directory / "last.json"   # a training run folder: its newest complete checkpoint
-        if last.is_file() and not (directory / "xr0_checkpoint.json").is_file():
-            try:
-                directory = directory / json.loads(last.read_text())["path"]
-            except (ValueError, KeyError) as e:
-                raise PolicyInputError(f"{last} is unreadable ({e}): pass a checkpoint folder "
-                                       f"from {directory / 'checkpoints'} instead") from e
+        run = RunDir(directory)   # a training run folder: its newest complete checkpoint
+        if (directory / LAST_FILE).is_file() and not (directory / "xr0_checkpoint.json").is_file():
+            last = run.last_checkpoint()
+            if last is None:
+                raise PolicyInputError(f"{directory / LAST_FILE} names no complete checkpoint: "
+                                       f"pass a checkpoint folder from {directory / 'checkpoints'}")
+            directory = last
         if dtype is None:
             dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
         if is_official_checkpoint(directory):
