@@ -119,6 +119,27 @@ def test_rerecord_and_discard_leave_only_kept_episodes(tmp_path, sim_config):
     assert not session.listener_errors
 
 
+def test_episodes_that_run_to_the_sim_episode_end_all_record(tmp_path):
+    """Each episode runs until the sim's own end ("done"); the next one must not take the previous
+    episode's last step for its own end and finish empty. The app's own camera set (three at
+    240x320, 25 fps) as `main.py record` runs it."""
+    import dataclasses
+
+    from drivers.config import load_rig_config
+
+    full = load_rig_config("sim")
+    cfg = full.with_(sim=dataclasses.replace(full.sim, episode_seconds=2.0))
+    store = EpisodeStore.open(tmp_path / "store")
+    with RigSession(cfg) as session:
+        cycle = EpisodeCycle(session, store, CyclePlan(task="t", episodes=3, seconds=5.0))
+        cycle.start()
+        cycle.join(timeout=60)
+        assert cycle.error == "" and cycle.phase.value == "done", cycle.error
+    kept = store.episodes(status="complete")
+    assert len(kept) == 3
+    assert all(e.steps >= 90 for e in kept), [e.steps for e in kept]  # ~2 s at 50 Hz each
+
+
 def test_a_failing_listener_never_stops_the_control_loop(sim_config):
     session = RigSession(sim_config)
 

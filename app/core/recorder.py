@@ -268,7 +268,10 @@ class EpisodeCycle:
             if cmd:
                 return cmd
             rec = self.session.latest()
-            if self.is_sim and rec is not None and rec.state.info.get("done"):
+            # only a step of this episode counts: right after a reset the latest record can
+            # still be the previous episode's last ("done") step
+            if (self.is_sim and rec is not None and rec.t >= self.current.t_start
+                    and rec.state.info.get("done")):
                 return None
             time.sleep(0.02)
         return None
