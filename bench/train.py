@@ -10,7 +10,8 @@ run: 50 demonstrations, the preset's 3000 steps, 50 evaluation episodes per chec
 3 short demonstrations, 20 steps, 2 evaluation episodes (a smoke test of the path; its success
 rate means nothing).
 
-Each command runs as its own process with OMP_NUM_THREADS=1 on the shared CPU.
+Each command runs as its own process with OMP_NUM_THREADS=1 on the shared CPU. With
+XR0_BENCH_TRAIN_DIR=DIR (a new folder) the demonstrations and the trained run are kept there.
 """
 
 from __future__ import annotations
@@ -67,8 +68,12 @@ def _run(args: list[str], timeout: float) -> tuple[list[dict], int, float, float
 def run(quick: bool = False) -> Iterator[Figure]:
     demos, seconds = (3, 3.0) if quick else (50, None)
     steps, evals = (20, 2) if quick else (None, 50)
+    keep = os.environ.get("XR0_BENCH_TRAIN_DIR")  # keep the store and the run there
+    if keep and Path(keep).exists() and any(Path(keep).iterdir()):
+        raise ValueError(f"XR0_BENCH_TRAIN_DIR={keep} is not empty: give a new folder")
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        store, out = Path(tmp) / "store", Path(tmp) / "run"
+        base = Path(keep) if keep else Path(tmp)
+        store, out = base / "store", base / "run"
         rec = ["record", "--rig", "sim", "--task", TASK, "--episodes", str(demos), "--store", str(store)]
         if seconds:
             rec += ["--seconds", str(seconds)]
