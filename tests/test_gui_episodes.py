@@ -21,7 +21,8 @@ from PySide6.QtWidgets import QMessageBox
 from app.core.recorder import CyclePlan, EpisodeCycle
 from app.core.rig_session import RigSession
 from app.qt.camera_view import rgb_to_qimage
-from app.qt.episodes_tab import COLUMNS, EpisodesTab
+from app.qt.episode_table import COLUMNS
+from app.qt.episodes_tab import EpisodesTab
 from drivers import layout
 from drivers.config import load_rig_config
 from store import EpisodeStore

@@ -148,6 +148,7 @@ class EpisodePlots(QWidget):
         self.follower: list[pg.PlotDataItem] = []
         self.action: list[pg.PlotDataItem] = []
         self.cursors: list[pg.InfiniteLine] = []
+        self.empty = True  # nothing plotted
         names = (*layout.ARM_JOINTS, "gripper")
         first = None
         for i in range(layout.DIM):
@@ -161,6 +162,8 @@ class EpisodePlots(QWidget):
             # a still joint shows as a flat line, not as magnified sensor noise
             plot.getViewBox().setLimits(minYRange=MIN_Y_SPAN)
             plot.getAxis("left").setWidth(36)
+            for axis in ("left", "bottom"):  # fixed units: no relabelling at every range change
+                plot.getAxis(axis).enableAutoSIPrefix(False)
             if row < layout.JOINTS_PER_ARM - 1:
                 plot.getAxis("bottom").setStyle(showValues=False)
             else:
@@ -181,6 +184,9 @@ class EpisodePlots(QWidget):
     def show_episode(self, x: np.ndarray | None, follower: np.ndarray | None,
                      action: np.ndarray | None) -> None:
         """x: (N,) seconds; follower, action: (N, 14). None clears the plots."""
+        if x is None and self.empty:
+            return
+        self.empty = x is None
         for i in range(layout.DIM):
             if x is None:
                 self.follower[i].setData([], [])

@@ -12,10 +12,9 @@ teleop); the export runs store.lerobot.export_dataset in a worker thread.
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta
 from pathlib import Path
 
-from PySide6.QtCore import QAbstractTableModel, QEvent, QModelIndex, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QItemSelection, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView, QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
     QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QTableView, QVBoxLayout,
@@ -24,92 +23,11 @@ from PySide6.QtWidgets import (
 
 from app.core.rig_session import RigSession
 from app.qt.episode_player import EpisodePlayer
+from app.qt.episode_table import DATES, STATUS, SUCCESS, EpisodeTableModel, passes
 from drivers import layout
 from store import EpisodeInfo, EpisodeStore, StoreError
 
-COLUMNS = ("id", "task", "date", "duration", "steps", "frames", "success", "status", "tags",
-           "notes")
-DATES = {"all dates": None, "today": 0, "last 7 days": 7}
-SUCCESS = {"any result": ..., "success": True, "failure": False, "not judged": None}
-STATUS = {"complete": "complete", "incomplete": "incomplete", "discarded": "discarded",
-          "every status": None}
 POLL_MS = 200  # replay progress and whether the rig can replay
-
-
-def started_at(info: EpisodeInfo) -> datetime | None:
-    try:
-        return datetime.strptime(info.started, "%Y-%m-%dT%H:%M:%S%z")
-    except (TypeError, ValueError):
-        return None
-
-
-def success_text(success: bool | None) -> str:
-    return "—" if success is None else ("yes" if success else "no")
-
-
-class EpisodeTableModel(QAbstractTableModel):
-    """Rows of the episode index (EpisodeInfo), one per episode."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.rows: list[EpisodeInfo] = []
-
-    def set_rows(self, rows: list[EpisodeInfo]) -> None:
-        self.beginResetModel()
-        self.rows = list(rows)
-        self.endResetModel()
-
-    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802 - Qt naming
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802 - Qt naming
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return COLUMNS[section]
-        return None
-
-    def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
-            return None
-        e = self.rows[index.row()]
-        col = COLUMNS[index.column()]
-        if role == Qt.ItemDataRole.DisplayRole:
-            return self.text(e, col)
-        if role == Qt.ItemDataRole.ToolTipRole:
-            if col == "frames":
-                return ", ".join(f"{c}: {n}" for c, n in e.frame_counts.items()) or "no cameras"
-            if col in ("notes", "task", "tags"):
-                return self.text(e, col) or None
-        if role == Qt.ItemDataRole.TextAlignmentRole and col in ("id", "duration", "steps"):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        return None
-
-    @staticmethod
-    def text(e: EpisodeInfo, col: str) -> str:
-        if col == "id":
-            return str(e.id)
-        if col == "task":
-            return e.task
-        if col == "date":
-            d = started_at(e)
-            return d.strftime("%Y-%m-%d %H:%M") if d else e.started
-        if col == "duration":
-            return "—" if e.duration_s is None else f"{e.duration_s:.1f} s"
-        if col == "steps":
-            return str(e.steps)
-        if col == "frames":
-            return " / ".join(str(n) for n in e.frame_counts.values()) or "—"
-        if col == "success":
-            return success_text(e.success)
-        if col == "status":
-            return e.status
-        if col == "tags":
-            return ", ".join(e.tags)
-        if col == "notes":
-            return " ".join(e.notes.split())
-        raise KeyError(col)
 
 
 class EpisodesTab(QWidget):
@@ -315,18 +233,7 @@ class EpisodesTab(QWidget):
         self.task_filter.blockSignals(False)
 
     def _passes(self, e: EpisodeInfo) -> bool:
-        want = SUCCESS[self.success_filter.currentText()]
-        if want is not ... and e.success is not want:
-            return False
-        days = DATES[self.date_filter.currentText()]
-        if days is not None:
-            d = started_at(e)
-            if d is None:
-                return False
-            first_day = datetime.now(d.tzinfo).date() - timedelta(days=days)
-            if d.date() < first_day:
-                return False
-        return True
+        return passes(e, self.date_filter.currentText(), self.success_filter.currentText())
 
     # -- selection -----------------------------------------------------------------------------
     def selected_ids(self) -> list[int]:
@@ -336,11 +243,11 @@ class EpisodesTab(QWidget):
     def select_ids(self, ids: list[int]) -> None:
         """Select these episodes (those the filters show)."""
         sel = self.table.selectionModel()
-        sel.clearSelection()
+        chosen = QItemSelection()
         for i, r in enumerate(self.model.rows):
             if r.id in ids:
-                sel.select(self.model.index(i, 0), sel.SelectionFlag.Select
-                           | sel.SelectionFlag.Rows)
+                chosen.select(self.model.index(i, 0), self.model.index(i, 0))
+        sel.select(chosen, sel.SelectionFlag.ClearAndSelect | sel.SelectionFlag.Rows)
 
     def _on_selection(self, *_) -> None:
         self._save_pending_notes()
