@@ -92,7 +92,8 @@ class EpisodesTab(QWidget):
         self.status_filter = QComboBox()
         self.status_filter.addItems(list(STATUS))
         self.status_filter.setToolTip("Complete episodes are the ones training uses; incomplete "
-                                      "ones can be recovered or discarded from the command line")
+                                      "ones (a recording that stopped) play what survived and "
+                                      "can be deleted")
         for combo in (self.task_filter, self.date_filter, self.success_filter, self.status_filter):
             combo.currentIndexChanged.connect(self.refresh)
         self.refresh_button = QPushButton("Refresh")
