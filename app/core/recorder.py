@@ -100,7 +100,9 @@ class Recording:
         period = 1.0 / cam.config.fps
         while not self._stop.is_set():
             try:
-                f = cam.wait_next(last, timeout_s=max(0.5, 10 * period))
+                # a camera silent for 2 s (or 10 periods) has failed; shorter gaps happen when
+                # the machine is loaded (a sim render worker starved of CPU) and cost frames only
+                f = cam.wait_next(last, timeout_s=max(2.0, 10 * period))
             except ConnectionFailed as e:
                 self._fail(f"camera '{name}' stopped delivering frames: {e}")
                 return
