@@ -1,0 +1,453 @@
+"""Live plots of an autonomous run, and the same plots for a saved run.
+
+Three panels, all against the control step:
+  chunk overlap   for one joint: the previous chunk and the newest (or a chosen) chunk where the
+                  runtime placed them (index 0 at the request step), the executed command, the
+                  clean prefix shaded from the request step over its length, the splice (arrival
+                  step) as a vertical line
+  latency         each inference in ms and as a delay in steps (measured: arrival - request, and
+                  the estimate d the request was made with), late chunks in red, a histogram of ms
+  joints          commanded (dashed) against measured (solid) for the 14 joints
+
+`show(data)` takes the arrays of xr0.runtime.Telemetry (`arrays()`, `snapshot()`, `live_data()`
+below) or of a saved run (`load_run(path).arrays`). Chunk records accumulate by id across calls, so
+a live view that only sees the chunks of its last few seconds still plots the latency of the whole
+run; `clear()` before showing another run (`show_run` does). Drawing is setData on curves made once.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import (
+    QComboBox, QGraphicsItem, QHBoxLayout, QLabel, QSpinBox, QSplitter, QVBoxLayout, QWidget,
+)
+
+from app.qt import theme
+from drivers import layout
+from xr0.runtime import RunLog, Telemetry
+
+KEEP_ACTIONS = 256  # chunks whose actions stay available to the chunk chooser in a live run
+MAX_LATENCY_POINTS = 5000  # the latency plots show the newest this many inferences
+PREV_COLOUR, NEW_COLOUR, EXEC_COLOUR = "#9e9e9e", "#1565c0", "#212121"
+PREFIX_BRUSH = (46, 125, 50, 50)
+MIN_Y_SPAN = 0.1  # rad (grippers 0..1): a still joint shows as a flat line, not as noise
+MAX_POINTS = 4000  # a longer saved run is drawn as the min and max of blocks of steps
+
+
+def live_data(telemetry: Telemetry, steps: int) -> dict[str, np.ndarray]:
+    """The last `steps` control steps of a live run and the chunks that reach into them, in the
+    arrays of a saved run. Cheap enough for every refresh: only a window is copied."""
+    data = telemetry.snapshot(last=steps)
+    first = int(data["step_index"][0]) if len(data["step_index"]) else 0
+    horizon = int(telemetry.meta.get("H", 0))
+    chunks = [c for c in telemetry.chunks()
+              if c.arrival_step < 0 or c.request_step + max(horizon, 1) >= first]
+    h = max([len(c.actions) for c in chunks if c.actions is not None] or [horizon])
+    acts = np.full((len(chunks), h, telemetry.dim), np.nan)
+    for i, c in enumerate(chunks):
+        if c.actions is not None:
+            acts[i, : len(c.actions)] = c.actions
+    data.update(
+        chunk_id=np.array([c.id for c in chunks], dtype=np.int64),
+        chunk_request=np.array([c.request_step for c in chunks], dtype=np.int64),
+        chunk_arrival=np.array([c.arrival_step for c in chunks], dtype=np.int64),
+        chunk_latency_ms=np.array([c.latency_ms for c in chunks], dtype=np.float64),
+        chunk_d=np.array([c.d for c in chunks], dtype=np.int64),
+        chunk_prefix=np.array([c.prefix_length for c in chunks], dtype=np.int64),
+        chunk_late=np.array([c.late for c in chunks], dtype=bool),
+        chunk_actions=acts,
+    )
+    return data
+
+
+def decimate(x: np.ndarray, ys: np.ndarray, max_points: int = MAX_POINTS
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """At most ~max_points rows of (x (n,), ys (n, m)): each block of steps becomes its min and
+    its max (peaks survive, unlike striding); the rows after the last whole block are kept."""
+    n = len(x)
+    if n <= max_points:
+        return x, ys
+    b = -(-n // (max_points // 2))  # steps per block
+    m = n // b * b
+    blocks = ys[:m].reshape(m // b, b, ys.shape[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN (holding) block stays NaN
+        lo, hi = np.nanmin(blocks, axis=1), np.nanmax(blocks, axis=1)
+    out = np.empty((2 * len(lo), ys.shape[1]))
+    out[0::2], out[1::2] = lo, hi
+    xb = x[:m].reshape(m // b, b)
+    xs = np.empty(2 * len(xb))
+    xs[0::2], xs[1::2] = xb[:, 0], xb[:, b // 2]
+    return np.concatenate([xs, x[m:]]), np.concatenate([out, ys[m:]])
+
+
+class _Chunks:
+    """Chunk records by id, merged across show() calls."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, tuple[int, int, float, int, int, bool]] = {}
+        self.actions: dict[int, np.ndarray] = {}
+        self.version = 0  # changes whenever a record or its actions change
+        self._sorted: tuple[np.ndarray, ...] | None = None
+
+    def merge(self, data: dict[str, np.ndarray]) -> None:
+        if "chunk_id" not in data:
+            return
+        acts = data.get("chunk_actions")
+        for i, cid in enumerate(data["chunk_id"].tolist()):
+            row = (int(data["chunk_request"][i]), int(data["chunk_arrival"][i]),
+                   float(data["chunk_latency_ms"][i]), int(data["chunk_d"][i]),
+                   int(data["chunk_prefix"][i]), bool(data["chunk_late"][i]))
+            if self.rows.get(cid) != row:
+                self.rows[cid] = row
+                self._sorted = None
+                self.version += 1
+            if (acts is not None and row[1] >= 0 and cid not in self.actions
+                    and i < len(acts) and np.isfinite(acts[i]).any()):
+                self.actions[cid] = acts[i]
+                self.version += 1
+        if len(self.actions) > KEEP_ACTIONS and len(self.actions) > len(data["chunk_id"]):
+            for cid in sorted(self.actions)[: len(self.actions) - KEEP_ACTIONS]:
+                del self.actions[cid]
+
+    def table(self) -> tuple[np.ndarray, ...]:
+        """(ids, request, arrival, latency_ms, d, prefix, late), sorted by id."""
+        if self._sorted is None:
+            ids = np.array(sorted(self.rows), dtype=np.int64)
+            cols = list(zip(*(self.rows[i] for i in ids.tolist()))) or [()] * 6
+            self._sorted = (ids, *(np.array(c) for c in cols))
+        return self._sorted
+
+
+def _small_plot(plot: pg.PlotItem, title: str) -> pg.PlotItem:
+    plot.setTitle(title, size="8pt", color="#333")
+    plot.setMenuEnabled(False)
+    plot.hideButtons()
+    plot.showGrid(x=True, y=True, alpha=0.25)
+    plot.getAxis("left").setWidth(44)
+    for name in ("left", "bottom"):
+        _cheap_axis(plot.getAxis(name))
+    return plot
+
+
+def _cheap_axis(axis: pg.AxisItem) -> None:
+    """An axis replays its tick labels on every repaint of its plot (its grid lines span the
+    view): cached as a pixmap, a refresh that leaves the ticks alone blits it instead; and no
+    SI-prefix relabelling on every range change."""
+    axis.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+    axis.enableAutoSIPrefix(False)
+
+
+class AutonomyPlots(QWidget):
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        pg.setConfigOptions(antialias=False)
+        self.chunks = _Chunks()
+        self.redraws = 0
+        self.meta: dict = {}
+        self.shown_chunk: int | None = None  # the chunk the overlap panel shows
+        self.previous_chunk: int | None = None
+        self._steps: dict[str, np.ndarray] = {}
+        self._overlap_key: tuple | None = None  # what the overlap panel last drew
+        # live: the joint plots show the last follow_seconds before the newest step on a fixed
+        # axis (no axis redraw per refresh); None: the whole run from its start
+        self.follow_seconds: float | None = None
+        self._latency_key: int | None = None
+
+        self.joint = QComboBox()
+        self.joint.addItems(list(layout.NAMES))
+        self.joint.setCurrentIndex(1)  # left shoulder: it moves in every task
+        self.joint.setToolTip("The joint the chunk overlap panel shows.")
+        self.chunk_spin = QSpinBox()
+        self.chunk_spin.setRange(-1, 10_000_000)
+        self.chunk_spin.setSpecialValueText("newest")
+        self.chunk_spin.setValue(-1)
+        self.chunk_spin.setToolTip("The chunk shown with the one before it ('newest' follows the "
+                                   "run). Chunk ids count from 0 in request order.")
+        self.info = QLabel("")
+        self.info.setStyleSheet(f"color: {theme.MUTED};")
+        bar = QHBoxLayout()
+        bar.addWidget(QLabel("Joint"))
+        bar.addWidget(self.joint)
+        bar.addWidget(QLabel("Chunk"))
+        bar.addWidget(self.chunk_spin)
+        bar.addWidget(self.info, 1)
+        self.joint.currentIndexChanged.connect(self._redraw_overlap)
+        self.chunk_spin.valueChanged.connect(self._redraw_overlap)
+
+        self._build_overlap()
+        self._build_latency()
+        self._build_joints()
+        top = QSplitter(Qt.Orientation.Horizontal)
+        top.addWidget(self.overlap_canvas)
+        top.addWidget(self.latency_canvas)
+        top.setSizes([600, 400])
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(top)
+        split.addWidget(self.joints_canvas)
+        split.setSizes([320, 480])
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(bar)
+        lay.addWidget(split, 1)
+
+    # -- construction ------------------------------------------------------------------------
+    def _canvas(self) -> pg.GraphicsLayoutWidget:
+        c = pg.GraphicsLayoutWidget()
+        c.setBackground("w")
+        c.ci.setSpacing(2)
+        return c
+
+    def _build_overlap(self) -> None:
+        self.overlap_canvas = self._canvas()
+        p = _small_plot(self.overlap_canvas.addPlot(), "chunk overlap")
+        p.addLegend(offset=(-10, 10), labelTextSize="8pt")
+        p.setLabel("bottom", "control step")
+        p.getViewBox().setLimits(minYRange=MIN_Y_SPAN)
+        self.prefix_region = pg.LinearRegionItem((0, 0), movable=False, brush=PREFIX_BRUSH,
+                                                 pen=pg.mkPen(None))
+        self.prefix_region.setZValue(-10)
+        self.prefix_region.setVisible(False)
+        p.addItem(self.prefix_region)
+        self.splice_line = pg.InfiniteLine(0, angle=90, pen=pg.mkPen(theme.ESTOP_RED, width=2),
+                                           label="splice", labelOpts={"position": 0.92,
+                                                                      "color": theme.ESTOP_RED})
+        self.splice_line.setVisible(False)
+        p.addItem(self.splice_line)
+        self.prev_curve = p.plot(pen=pg.mkPen(PREV_COLOUR, width=2), name="previous chunk")
+        self.new_curve = p.plot(pen=pg.mkPen(NEW_COLOUR, width=2), name="new chunk")
+        self.exec_curve = p.plot(pen=pg.mkPen(EXEC_COLOUR, width=1, style=Qt.PenStyle.DashLine),
+                                 name="executed", connect="finite")
+        self.overlap_plot = p
+
+    def _build_latency(self) -> None:
+        self.latency_canvas = self._canvas()
+        c = self.latency_canvas
+        self.latency_plot = _small_plot(c.addPlot(row=0, col=0), "inference latency (ms)")
+        self.latency_curve = self.latency_plot.plot(
+            pen=pg.mkPen(NEW_COLOUR, width=1), symbol="o", symbolSize=4,
+            symbolBrush=NEW_COLOUR, symbolPen=None)
+        self.late_curve = self.latency_plot.plot(pen=None, symbol="o", symbolSize=6,
+                                                 symbolBrush=theme.ESTOP_RED, symbolPen=None)
+        self.delay_plot = _small_plot(c.addPlot(row=1, col=0), "delay (steps)")
+        self.delay_plot.addLegend(offset=(-5, 5), labelTextSize="7pt")
+        self.delay_plot.setLabel("bottom", "request step")
+        self.delay_plot.setXLink(self.latency_plot)
+        self.delay_est_curve = self.delay_plot.plot(pen=pg.mkPen(theme.WARN_AMBER, width=2),
+                                                    name="estimate d", stepMode="left")
+        self.delay_curve = self.delay_plot.plot(
+            pen=None, symbol="o", symbolSize=4, symbolBrush=NEW_COLOUR, symbolPen=None,
+            name="arrival - request")
+        self.hist_plot = _small_plot(c.addPlot(row=2, col=0), "latency histogram")
+        self.hist_plot.setLabel("bottom", "ms")
+        self.hist_curve = self.hist_plot.plot(stepMode="center", fillLevel=0,
+                                              brush=(21, 101, 192, 120),
+                                              pen=pg.mkPen(NEW_COLOUR))
+
+    def _build_joints(self) -> None:
+        self.joints_canvas = self._canvas()
+        names = (*layout.ARM_JOINTS, "gripper")
+        self.joint_plots: list[pg.PlotItem] = [None] * layout.DIM  # type: ignore[list-item]
+        self.measured: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
+        self.commanded: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
+        self._y_ranges = np.full((layout.DIM, 2), np.nan)
+        small = QFont(self.font())
+        small.setPointSize(7)
+        first = None
+        for col, side in enumerate(layout.SIDES):
+            sl = layout.arm_slice(side)
+            for row, i in enumerate(range(sl.start, sl.stop)):
+                p = self.joints_canvas.addPlot(row=row, col=col)
+                p.setTitle(f"{side} {names[row]}", size="7pt", color="#333")
+                p.setMenuEnabled(False)
+                p.hideButtons()
+                p.setMouseEnabled(x=False, y=False)
+                p.getAxis("left").setWidth(44)
+                p.getAxis("left").setStyle(maxTextLevel=0, tickFont=small)
+                p.enableAutoRange(y=False)
+                if row < layout.JOINTS_PER_ARM - 1:
+                    p.hideAxis("bottom")  # one time axis per column: the x axes are linked
+                else:
+                    p.setLabel("bottom", "s")
+                for name in ("left", "bottom"):
+                    _cheap_axis(p.getAxis(name))
+                if first is None:
+                    first = p
+                else:
+                    p.setXLink(first)
+                colour = theme.JOINT_COLOURS[row]
+                # thin pens (a 1-px line draws several times faster than a wide one) on bare
+                # curve items (a fraction of PlotDataItem's cost per setData)
+                for curve_list, pen in (
+                        (self.commanded, pg.mkPen(colour, width=1, style=Qt.PenStyle.DashLine)),
+                        (self.measured, pg.mkPen(colour, width=1))):
+                    curve = pg.PlotCurveItem(pen=pen, connect="finite")
+                    p.addItem(curve)
+                    curve_list[i] = curve
+                self.joint_plots[i] = p
+
+    def _fit_joint_ranges(self, act: np.ndarray, state: np.ndarray) -> None:
+        """Each joint plot's y range covers its data with a margin, and changes only when the data
+        leaves it or fills less than a third of it: most refreshes redraw no axis."""
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN command column
+            lo = np.fmin(np.nanmin(act, axis=0), np.nanmin(state, axis=0))
+            hi = np.fmax(np.nanmax(act, axis=0), np.nanmax(state, axis=0))
+        span = np.maximum(hi - lo, MIN_Y_SPAN)
+        cur = self._y_ranges
+        cur_span = cur[:, 1] - cur[:, 0]
+        stale = ~(cur[:, 0] <= lo) | ~(cur[:, 1] >= hi) | (cur_span > 3 * span)
+        for i in np.flatnonzero(stale & np.isfinite(lo) & np.isfinite(hi)).tolist():
+            mid, half = 0.5 * (lo[i] + hi[i]), 0.5 * span[i] * 1.3
+            cur[i] = (mid - half, mid + half)
+            self.joint_plots[i].setYRange(cur[i, 0], cur[i, 1], padding=0)
+
+    # -- showing -------------------------------------------------------------------------------
+    def clear(self) -> None:
+        """Forget the run shown (before showing another)."""
+        self.chunks = _Chunks()
+        self._steps = {}
+        self.meta = {}
+        self.shown_chunk = self.previous_chunk = None
+        for c in (self.prev_curve, self.new_curve, self.exec_curve, self.latency_curve,
+                  self.late_curve, self.delay_curve, self.delay_est_curve, *self.measured,
+                  *self.commanded):
+            c.setData([], [])
+        self.hist_curve.setData([0, 1], [0])
+        self._y_ranges[:] = np.nan
+        self._overlap_key = self._latency_key = None
+        self.prefix_region.setVisible(False)
+        self.splice_line.setVisible(False)
+        self.info.setText("")
+
+    def follow(self, seconds: float | None) -> None:
+        """Live: the joint plots show the last `seconds` on a fixed axis; None: the whole run."""
+        self.follow_seconds = seconds
+        first = self.joint_plots[0]
+        if seconds is None:
+            first.enableAutoRange(x=True)
+        else:
+            first.setXRange(-seconds, 0, padding=0)
+
+    def show_run(self, run: RunLog) -> None:
+        """A saved run (xr0.runtime.load_run), in full."""
+        self.clear()
+        self.follow(None)
+        self.meta = dict(run.meta)
+        self.show(run.arrays)
+
+    def show(self, data: dict[str, np.ndarray] | None = None) -> None:  # type: ignore[override]
+        """Draw the step arrays given and the chunks seen so far (see the module doc). Without
+        data, QWidget.show()."""
+        if data is None:
+            super().show()
+            return
+        self._steps = {k: v for k, v in data.items() if k.startswith("step_")}
+        self.chunks.merge(data)
+        self._redraw_joints()
+        self._redraw_latency()
+        self._redraw_overlap()
+        self.redraws += 1
+
+    def _redraw_joints(self) -> None:
+        k = self._steps.get("step_index")
+        if k is None or len(k) == 0:
+            return
+        t = self._steps["step_t"]
+        x = t - t[-1] if self.follow_seconds else t - t[0]
+        x, both = decimate(x, np.hstack([self._steps["step_action"], self._steps["step_state"]]))
+        act, state = both[:, : layout.DIM], both[:, layout.DIM :]
+        for i in range(layout.DIM):
+            self.measured[i].setData(x, state[:, i])
+            self.commanded[i].setData(x, act[:, i])
+        self._fit_joint_ranges(act, state)
+
+    def _redraw_latency(self) -> None:
+        if self._latency_key == self.chunks.version:
+            return
+        self._latency_key = self.chunks.version
+        ids, req, arr, lat, d, _prefix, late = self.chunks.table()
+        done = (arr >= 0) if len(ids) else np.zeros(0, bool)
+        sel = np.flatnonzero(done)[-MAX_LATENCY_POINTS:]
+        x, ms = req[sel].astype(np.float64), lat[sel].astype(np.float64)
+        self.latency_curve.setData(x, ms)
+        lsel = sel[late[sel].astype(bool)] if len(sel) else sel
+        self.late_curve.setData(req[lsel].astype(np.float64), lat[lsel].astype(np.float64))
+        self.delay_curve.setData(x, (arr[sel] - req[sel]).astype(np.float64))
+        self.delay_est_curve.setData(req[-MAX_LATENCY_POINTS:].astype(np.float64),
+                                     d[-MAX_LATENCY_POINTS:].astype(np.float64))
+        finite = ms[np.isfinite(ms)]
+        if len(finite):
+            lo, hi = float(finite.min()), float(finite.max())
+            if hi - lo < 1.0:
+                lo, hi = lo - 0.5, hi + 0.5
+            counts, edges = np.histogram(finite, bins=min(30, max(5, len(finite) // 3)),
+                                         range=(lo, hi))
+            self.hist_curve.setData(edges, counts)
+            self.info.setText(
+                f"{len(ids)} chunks · latency p50 {np.percentile(finite, 50):.0f} ms, "
+                f"p95 {np.percentile(finite, 95):.0f} ms · late {int(late.sum())}")
+
+    def chunk_ids(self) -> list[int]:
+        """Ids of the chunks seen, in order."""
+        return self.chunks.table()[0].tolist()
+
+    def _pick(self) -> tuple[int | None, int | None]:
+        """(chosen chunk, the arrived chunk before it) among those whose actions are kept."""
+        have = sorted(self.chunks.actions)
+        if not have:
+            return None, None
+        want = self.chunk_spin.value()
+        if want < 0 or want not in self.chunks.actions:
+            cur = have[-1] if want < 0 else max([c for c in have if c <= want] or have[:1])
+        else:
+            cur = want
+        prev = [c for c in have if c < cur]
+        return cur, (prev[-1] if prev else None)
+
+    def _redraw_overlap(self) -> None:
+        cur, prev = self._pick()
+        self.shown_chunk, self.previous_chunk = cur, prev
+        if cur is None:
+            return
+        j = self.joint.currentIndex()
+        req, arr, _lat, d, prefix, late = self.chunks.rows[cur]
+        new = self.chunks.actions[cur]
+        lo, hi = req, req + len(new)
+        if prev is not None:
+            lo = self.chunks.rows[prev][0]
+        k = self._steps.get("step_index")
+        if k is not None and len(k):  # the executed command: the only part that moves live
+            win = (k >= lo) & (k < hi)
+            self.exec_curve.setData(k[win].astype(np.float64), self._steps["step_action"][win, j])
+        key = (self.chunks.version, cur, prev, j)
+        if key == self._overlap_key:
+            return
+        self._overlap_key = key
+        self.new_curve.setData(req + np.arange(len(new), dtype=np.float64), new[:, j])
+        if prev is not None:
+            old = self.chunks.actions[prev]
+            self.prev_curve.setData(lo + np.arange(len(old), dtype=np.float64), old[:, j])
+        else:
+            self.prev_curve.setData([], [])
+        self.prefix_region.setRegion((req, req + prefix))
+        self.prefix_region.setVisible(prefix > 0)
+        self.splice_line.setValue(arr)
+        self.splice_line.setVisible(arr >= 0)
+        self.overlap_plot.setTitle(
+            f"chunk overlap — {layout.NAMES[j]}: chunk {cur} (requested at step {req}, spliced "
+            f"at {arr}, d {d}, prefix {prefix}{', LATE' if late else ''})"
+            + (f" after chunk {prev}" if prev is not None else ""), size="8pt", color="#333")
+        self.overlap_plot.setXRange(lo - 2, hi + 2, padding=0)
+
+    # -- what is drawn (for tests and the run log) -------------------------------------------------
+    def splice_step(self) -> float | None:
+        return self.splice_line.value() if self.splice_line.isVisible() else None
+
+    def prefix_span(self) -> tuple[float, float] | None:
+        return tuple(self.prefix_region.getRegion()) if self.prefix_region.isVisible() else None

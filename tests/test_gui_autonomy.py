@@ -1,0 +1,193 @@
+"""The Autonomy tab and its plots, offscreen, on real runtime telemetry.
+
+The plots are fed a run the real runtime made on the stepping MuJoCo sim rig (scripted chunk
+policy, an injected inference delay of 6 control steps), saved and loaded back as a saved run is;
+the live refresh cost is measured with that run's records written into a real Telemetry by a
+control-rate thread, as the control loop writes them. The tab then runs autonomy on a real-time
+sim RigSession through AutonomyRun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QEventLoop, QTimer
+
+from app.qt.autonomy_plots import AutonomyPlots, decimate, live_data
+from drivers import layout
+from xr0.runtime import Telemetry, load_run
+from xr0.runtime.telemetry import ChunkRecord
+
+pytestmark = pytest.mark.gui
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+DELAY_STEPS = 6
+WINDOW_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory) -> Path:
+    """A 12 s autonomous sim episode's telemetry, saved by the runtime (NAME.npz + NAME.json)."""
+    from app.core.autonomy import run_sim_episode
+    from drivers.config import SimConfig, load_rig_config
+    from drivers.sim.rig import SimRig
+
+    cfg = load_rig_config("sim")
+    sim = dataclasses.replace(cfg.sim or SimConfig(), realtime=False, episode_seconds=12.0)
+    path = tmp_path_factory.mktemp("autonomy") / "episode_0"
+    with SimRig(cfg.with_(cameras=(), sim=sim)) as rig:
+        r = run_sim_episode(rig, "xr0", seed=0, delay_steps=DELAY_STEPS, save=str(path))
+    assert r["chunks"] > 10 and not r["error"], r
+    return path
+
+
+def _arrived(a: dict) -> np.ndarray:
+    return np.flatnonzero(a["chunk_arrival"] >= 0)
+
+
+def test_plots_show_a_saved_run(qtbot, saved_run):
+    run = load_run(saved_run)
+    a = run.arrays
+    w = AutonomyPlots()
+    qtbot.addWidget(w)
+    w.resize(1400, 850)
+    w.show()
+    w.show_run(run)
+
+    # every chunk of the run, the newest arrived one against the one before it
+    assert w.chunk_ids() == a["chunk_id"].tolist()
+    arrived = _arrived(a)
+    newest, before = int(a["chunk_id"][arrived[-1]]), int(a["chunk_id"][arrived[-2]])
+    assert (w.shown_chunk, w.previous_chunk) == (newest, before)
+    j = w.joint.currentIndex()
+    req, horizon = int(a["chunk_request"][arrived[-1]]), a["chunk_actions"].shape[1]
+    x, y = w.new_curve.getData()
+    np.testing.assert_array_equal(x, req + np.arange(horizon))
+    np.testing.assert_array_equal(y, a["chunk_actions"][arrived[-1]][:, j])
+    x, y = w.prev_curve.getData()
+    np.testing.assert_array_equal(x, a["chunk_request"][arrived[-2]] + np.arange(horizon))
+    np.testing.assert_array_equal(y, a["chunk_actions"][arrived[-2]][:, j])
+
+    # the splice at the newest chunk's arrival step, the clean prefix of width d from its request
+    assert w.splice_step() == a["chunk_arrival"][arrived[-1]]
+    d = int(a["chunk_d"][arrived[-1]])
+    assert d == DELAY_STEPS == a["chunk_prefix"][arrived[-1]]
+    lo, hi = w.prefix_span()
+    assert (lo, hi - lo) == (req, d)
+    assert w.splice_step() == req + d  # on time: spliced where the prefix ends
+
+    # another chunk and another joint on demand
+    k = arrived[len(arrived) // 2]
+    w.chunk_spin.setValue(int(a["chunk_id"][k]))
+    w.joint.setCurrentIndex(layout.NAMES.index("right_elbow"))
+    assert w.shown_chunk == a["chunk_id"][k] and w.splice_step() == a["chunk_arrival"][k]
+    np.testing.assert_array_equal(w.new_curve.getData()[1],
+                                  a["chunk_actions"][k][:, layout.NAMES.index("right_elbow")])
+
+    # latency: one point per arrived chunk in ms and in steps, all of them in the histogram
+    np.testing.assert_array_equal(w.latency_curve.getData()[1], a["chunk_latency_ms"][arrived])
+    np.testing.assert_array_equal(w.delay_curve.getData()[1],
+                                  (a["chunk_arrival"] - a["chunk_request"])[arrived])
+    np.testing.assert_array_equal(w.delay_est_curve.getData()[1], a["chunk_d"])
+    assert w.hist_curve.getData()[1].sum() == len(arrived)
+
+    # commanded against measured: every step of every joint, seconds from the run's start
+    n = len(a["step_index"])
+    for i in range(layout.DIM):
+        x, y = w.measured[i].getData()
+        np.testing.assert_allclose(x, a["step_t"] - a["step_t"][0])
+        np.testing.assert_array_equal(y, a["step_state"][:, i])
+        assert len(w.commanded[i].getData()[1]) == n
+
+
+def test_decimate_keeps_peaks_of_a_long_run():
+    x = np.arange(100_000, dtype=float)
+    ys = np.zeros((100_000, 2))
+    ys[12_345, 0], ys[54_321, 1] = 3.0, -2.0
+    ys[:1000, 1] = np.nan  # holding
+    xd, yd = decimate(x, ys, 4000)
+    assert len(xd) == len(yd) <= 4100
+    assert np.nanmax(yd[:, 0]) == 3.0 and np.nanmin(yd[:, 1]) == -2.0
+    assert np.isnan(yd[0, 1]) and np.all(np.diff(xd) > 0)
+
+
+def _replay_into(tel: Telemetry, a: dict, steps: range, period: float = 0.0) -> None:
+    """Write a saved run's records into a Telemetry in the order the runtime wrote them."""
+    req = {int(r): i for i, r in enumerate(a["chunk_request"])}
+    arr = {int(s): i for i, s in enumerate(a["chunk_arrival"]) if s >= 0}
+    for k in steps:
+        if k in req:
+            i = req[k]
+            tel.chunk_requested(ChunkRecord(int(a["chunk_id"][i]), k, int(a["chunk_d"][i]),
+                                            int(a["chunk_prefix"][i])))
+        if k in arr:
+            i = arr[k]
+            tel.chunk_arrived(int(a["chunk_id"][i]), a["chunk_actions"][i], k,
+                              a["chunk_latency_ms"][i] / 1e3, bool(a["chunk_late"][i]))
+        act = a["step_action"][k]
+        tel.step(k, float(a["step_t"][k]), None if np.isnan(act).all() else act,
+                 a["step_state"][k], int(a["step_chunk"][k]), int(a["step_flags"][k]))
+        if period:
+            time.sleep(period)
+
+
+def test_live_refresh_of_a_10_s_window_is_cheap(qtbot, saved_run):
+    """30 Hz refreshes of the last 10 s while a control-rate thread writes the telemetry: the
+    GUI thread's CPU time per refresh (pull the window, setData, repaint) is measured."""
+    run = load_run(saved_run)
+    a = run.arrays
+    dt = float(run.meta["dt"])
+    window = int(round(WINDOW_S / dt))
+    tel = Telemetry(layout.DIM)
+    tel.meta.update(run.meta)
+    _replay_into(tel, a, range(window))  # 10 s of history before the measurement
+    w = AutonomyPlots()
+    qtbot.addWidget(w)
+    w.resize(1400, 850)
+    w.follow(WINDOW_S)
+    w.show()
+    w.show(live_data(tel, window))
+    qtbot.wait(100)
+
+    n = len(a["step_index"])
+    writer = threading.Thread(target=_replay_into, args=(tel, a, range(window, n), dt),
+                              name="control", daemon=True)
+    refreshes = [0]
+
+    def refresh() -> None:
+        w.show(live_data(tel, window))
+        refreshes[0] += 1
+
+    timer = QTimer()
+    timer.setInterval(33)
+    timer.timeout.connect(refresh)
+    cpu0, wall0 = time.thread_time(), time.perf_counter()
+    writer.start()
+    timer.start()
+    loop = QEventLoop()
+    QTimer.singleShot(int((n - window) * dt * 1e3), loop.quit)
+    loop.exec()
+    timer.stop()
+    cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+    writer.join(timeout=5)
+    per_refresh_ms, rate = cpu / refreshes[0] * 1e3, refreshes[0] / wall
+    print(f"\nlive refresh of a {WINDOW_S:.0f} s window ({window} steps, 14 joints, "
+          f"{len(w.chunk_ids())} chunks): {per_refresh_ms:.1f} ms GUI-thread CPU per refresh, "
+          f"{rate:.1f} refreshes/s")
+    assert per_refresh_ms < 30.0, f"{per_refresh_ms:.1f} ms per refresh"
+    assert rate >= 20.0, f"{rate:.1f} refreshes/s"
+
+    # after the run: the window is the last 10 s, every chunk was seen once it arrived
+    w.show(live_data(tel, window))
+    assert len(w.measured[0].getData()[0]) == window
+    assert w.measured[0].getData()[0][-1] == 0.0  # seconds before the newest step
+    arrived = _arrived(a)
+    assert len(w.latency_curve.getData()[1]) == len(arrived)
+    assert w.shown_chunk == a["chunk_id"][arrived[-1]]
+    assert w.splice_step() == a["chunk_arrival"][arrived[-1]]
