@@ -19,6 +19,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from app.core.recorder import recorded_seed
     from app.core.rig_session import RigSession
     from drivers import layout
     from drivers.config import load_rig_config
@@ -34,7 +35,7 @@ def run(args) -> int:
                          f"this rig's are {list(layout.NAMES)}: replay it on a matching rig")
     session = RigSession(cfg)
     with session:
-        seed = _seed_of(store, args.episode)
+        seed = recorded_seed(store, args.episode)
         if cfg.kind == "sim" and seed is not None and hasattr(session.rig, "reset"):
             session.rig.reset(seed)
         replay = ReplaySource(session.rig, data.action)
@@ -64,11 +65,3 @@ def run(args) -> int:
               f"{summary['seconds']} s" + (f", task success {summary['success']}"
                                            if "success" in info else ""))
     return 0
-
-
-def _seed_of(store, episode_id: int) -> int | None:
-    """The sim seed an episode was recorded with, from its tags ('seed:N')."""
-    for tag in store.info(episode_id).tags:
-        if tag.startswith("seed:"):
-            return int(tag.split(":", 1)[1])
-    return None

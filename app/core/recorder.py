@@ -32,6 +32,15 @@ from store import EpisodeInfo, EpisodeStore, EpisodeWriter, StoreError
 from store.video import VideoError, VideoWriter
 
 EXTRA_COLUMNS = {"reward": 1}  # sim task reward per step (NaN on hardware)
+SEED_TAG = "seed:"  # sim episodes are tagged with their scene's seed, so they replay in it
+
+
+def recorded_seed(store: EpisodeStore, episode_id: int) -> int | None:
+    """The sim seed an episode was recorded with (its 'seed:N' tag), or None."""
+    for tag in store.info(episode_id).tags:
+        if tag.startswith(SEED_TAG):
+            return int(tag[len(SEED_TAG):])
+    return None
 
 
 @dataclass
@@ -301,7 +310,7 @@ class EpisodeCycle:
                     seconds = min(seconds, self.session.config.sim.episode_seconds)
                 tags = self.plan.tags
                 if self.is_sim and getattr(self.session.rig, "seed", None) is not None:
-                    tags = (*tags, f"seed:{self.session.rig.seed}")  # replayable in the same scene
+                    tags = (*tags, f"{SEED_TAG}{self.session.rig.seed}")  # replayable in the same scene
                 self.current = Recording(self.session, self.store, self.plan.task, tags,
                                          self.plan.quality)
                 self._set_phase(Phase.RECORDING, seconds)

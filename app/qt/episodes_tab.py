@@ -368,7 +368,7 @@ class EpisodesTab(QWidget):
 
     def start_replay(self) -> None:
         """Play the selected episode's actions on the followers (after the safe ramp)."""
-        from app.cli.replay import _seed_of
+        from app.core.recorder import recorded_seed
         from drivers.replay import ReplaySource
 
         if not self.can_replay():
@@ -381,7 +381,7 @@ class EpisodesTab(QWidget):
                     f"episode {eid} was recorded with joints {', '.join(data.joint_names)}; "
                     f"this rig's are {', '.join(layout.NAMES)}: replay it on a matching rig")
             source = ReplaySource(self.session.rig, data.action)
-            seed = _seed_of(self.store, eid)
+            seed = recorded_seed(self.store, eid)
         except (StoreError, ValueError) as e:
             self.error.emit("Cannot replay the episode", str(e))
             return
