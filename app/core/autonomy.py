@@ -12,6 +12,9 @@ An AutonomySource plugs into RigSession.set_source() like a replay. Its life cyc
              the last command
     STOPPED  stop() or an e-stop: the runtime is stopped and nothing is commanded any more
 
+pause() holds the last command; resume() re-plans from the present state and ramps from the held
+command to the new plan (WAITING -> RAMPING again), so a resume never jumps.
+
 `run_stepping` drives a stepping-mode sim rig with a source, one control period per step, for
 deterministic runs (tests, `main.py run`, `bench runtime`).
 """
@@ -67,10 +70,20 @@ class AutonomySource:
         self.state = AutonomyState.WAITING
         self.last: np.ndarray | None = None
         self.commands = 0
+        self._rearm = False  # set by resume(): the control thread ramps to the new plan
 
     def stop(self) -> None:
         self.state = AutonomyState.STOPPED
         self.runtime.stop()
+
+    def pause(self) -> None:
+        """Hold the last command (any thread)."""
+        self.runtime.pause()
+
+    def resume(self) -> None:
+        """Re-plan from the present state and ramp from the held command to it (any thread)."""
+        self._rearm = True
+        self.runtime.resume()
 
     def _time(self, st: RigState) -> float:
         if self.time_base == "sim":
@@ -98,6 +111,9 @@ class AutonomySource:
             if self.state is not AutonomyState.STOPPED:
                 self.stop()
             return AutonomyStep(None, self.state, Flag.STOPPED, "stopped")
+        if self._rearm:
+            self._rearm = False
+            self.state = AutonomyState.WAITING
         if self.last is None:
             self.last = st.follower.copy()
         r = self.runtime.step(st.follower, self._time(st), lambda k: self._observe(k, st))
@@ -155,7 +171,6 @@ def run_sim_episode(rig, strategy: str, seed: int, delay_steps: int | str = 0,
     from app.core.scripted_policy import ScriptedChunkPolicy
     from xr0.runtime import RuntimeConfig
     from xr0.runtime.executor import SteppedExecutor
-    from xr0.runtime.metrics import boundary_discontinuity, rms_jerk
 
     rig.reset(seed)
     extra = None
@@ -180,9 +195,6 @@ def run_sim_episode(rig, strategy: str, seed: int, delay_steps: int | str = 0,
     st = run_stepping(rig, src, steps, on_step=watch)
     if not done_at and st.info.get("success"):
         done_at.append(float(st.info.get("sim_time", 0.0)))
-    snap = rt.telemetry.snapshot()
-    bd = boundary_discontinuity(snap["step_action"], snap["step_chunk"], snap["step_flags"])
-    lat = rt.telemetry.latencies_ms()
     if save:
         rt.telemetry.save(save, seed=seed, delay_steps=delay_steps, task=rig.task.name,
                           instruction=instruction, success=bool(st.info.get("success")))
@@ -191,10 +203,28 @@ def run_sim_episode(rig, strategy: str, seed: int, delay_steps: int | str = 0,
         "strategy": strategy, "seed": seed, "delay_steps": delay_steps,
         "success": bool(st.info.get("success")),
         "completion_s": done_at[0] if done_at else None,
+        **telemetry_metrics(rt.telemetry, rig.dt), "flags": Flag.names(int(flags)),
+        "error": str(rt.error) if rt.error else "",
+    }
+
+
+def telemetry_metrics(telemetry, dt: float) -> dict:
+    """A run's figures from its telemetry: inference latency p50/p95 (ms, as the runtime saw
+    it), boundary discontinuity (mean and max over chunk switches, x the median within-chunk
+    step), RMS jerk of the commanded trajectory (rad/s^3) and the number of chunks."""
+    from xr0.runtime.metrics import boundary_discontinuity, rms_jerk
+
+    if telemetry is None:
+        return {"latency_ms_p50": None, "latency_ms_p95": None,
+                "boundary_discontinuity": float("nan"), "boundary_discontinuity_max": float("nan"),
+                "switches": 0, "rms_jerk": float("nan"), "chunks": 0}
+    snap = telemetry.snapshot()
+    bd = boundary_discontinuity(snap["step_action"], snap["step_chunk"], snap["step_flags"])
+    lat = telemetry.latencies_ms()
+    return {
         "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
         "latency_ms_p95": float(np.percentile(lat, 95)) if len(lat) else None,
         "boundary_discontinuity": bd["mean"], "boundary_discontinuity_max": bd["max"],
-        "switches": bd["switches"], "rms_jerk": rms_jerk(snap["step_action"], rig.dt),
-        "chunks": len(rt.telemetry.chunks()), "flags": Flag.names(int(flags)),
-        "error": str(rt.error) if rt.error else "",
+        "switches": bd["switches"], "rms_jerk": rms_jerk(snap["step_action"], dt),
+        "chunks": len(telemetry.chunks()),
     }
