@@ -10,6 +10,7 @@ tab is created (the app was closed and opened again) is followed again from its 
 
 from __future__ import annotations
 
+import queue
 import shlex
 import threading
 import time
@@ -368,7 +369,7 @@ class FineTuneTab(QWidget):
         while True:
             try:
                 ev = job.events.get_nowait()
-            except Exception:  # noqa: BLE001 - queue.Empty: nothing more for now
+            except queue.Empty:
                 break
             self._apply(ev)
         self.plots.redraw()
