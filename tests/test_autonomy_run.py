@@ -182,6 +182,44 @@ def test_estop_stops_the_run_for_good(session, store):
         run.start()
 
 
+def test_injected_delay_is_what_the_runtime_measures(session, tmp_path):
+    run = start_scripted(session, delay=5, run_dir=tmp_path / "run")  # 5 steps = 100 ms at 50 Hz
+    wait_for(lambda: len(run.telemetry.latencies_ms()) >= 3, 10.0, "three chunks")
+    lat = run.telemetry.latencies_ms()
+    assert lat.min() >= 100.0 and run.state == "running"
+    assert min(c.d for c in run.telemetry.chunks()[1:]) >= 5  # the delay estimate follows
+    run.stop()
+
+
+class SlowToWarm:
+    """A model-like policy (no sim planner) whose calls take 0.4 s: it is warmed up first."""
+
+    chunk_length, supports_prefix = 50, True
+
+    def __init__(self):
+        self.calls = 0
+
+    def infer(self, obs, prefix):
+        self.calls += 1
+        time.sleep(0.4)
+        out = np.repeat(obs.state[None], self.chunk_length, 0)
+        if prefix is not None:
+            out[: len(prefix)] = prefix
+        return out
+
+
+def test_estop_while_warming_up_never_moves(session, tmp_path):
+    policy = SlowToWarm()
+    run = AutonomyRun(session, policy, strategy="naive", run_dir=tmp_path / "run")
+    run.start()
+    wait_for(lambda: policy.calls >= 1, 2.0, "the warm-up call")
+    assert run.state == "warming"
+    session.estop()
+    assert run.wait("stopped", 0.5) and "warmed up" in run.reason
+    time.sleep(1.2)  # the warm-up calls end meanwhile
+    assert run.state == "stopped" and session.source is None and run.saved == []
+
+
 class FailingPolicy:
     """The scripted policy, raising from its third chunk on (a model that fails mid-run)."""
 

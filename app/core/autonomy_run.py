@@ -20,10 +20,13 @@ where they are) and a fresh segment resumes the policy from the present state, r
 With a store the run is registered in its runs table (kind "autonomy", paths["run_dir"]), so
 `past_runs(store)` lists it and `load_segments(run_dir)` reopens its telemetry.
 
-A watcher thread (every 20 ms) turns an e-stop, a runtime error (the policy raised, the delay
-does not fit in a chunk) or a dead control loop into "stopped"/"failed". All public methods are
-safe from any thread and never wait on inference (stop() waits at most ~0.5 s for a policy call
-in flight to be abandoned).
+A watcher thread (every 20 ms from start()) turns an e-stop, a runtime error (the policy raised,
+the delay does not fit in a chunk) or a dead control loop into "stopped"/"failed". All public
+methods are safe from any thread and never wait on inference (stop() waits at most ~0.5 s for a
+policy call in flight to be abandoned). on_event(dict) is called from the thread that made the
+change (the watcher for e-stops and failures): a GUI hands it over to its own thread. Events:
+state {state, reason, error}, saved {path, segment}, correction_started {episode},
+correction {episode, steps}, correction_abandoned {episode}, error {message}.
 """
 
 from __future__ import annotations
@@ -246,6 +249,12 @@ class AutonomyRun:
         (self.run_dir / "run.json").write_text(json.dumps(doc, indent=1, default=str))
 
     def _main(self) -> None:
+        """The watcher: from start() on, every POLL_S, until the run stops or fails."""
+        threading.Thread(target=self._warm_then_run, name="autonomy-warm-up", daemon=True).start()
+        while not self._done.wait(self.POLL_S):
+            self._watch()
+
+    def _warm_then_run(self) -> None:
         try:
             self._warm_up()
         except Exception as e:  # noqa: BLE001 - reported; the followers never moved
@@ -253,15 +262,10 @@ class AutonomyRun:
                                        f"{type(e).__name__}: {e}; the followers did not move")
             return
         with self._lock:
-            if self._state != "warming":
-                return  # stopped meanwhile
-            if self.session.rig.estopped:
-                self._halt("stopped", reason="e-stop pressed: the policy never started")
-                return
+            if self._state != "warming" or self.session.rig.estopped:
+                return  # stopped meanwhile (the watcher reports an e-stop)
             self._begin_segment()
             self._set_state("running")
-        while not self._done.wait(self.POLL_S):
-            self._watch()
 
     def _warm_up(self) -> None:
         if self._extra is not None:
@@ -314,7 +318,10 @@ class AutonomyRun:
                 return
             if self.session.rig.estopped:
                 self._halt("stopped", reason="e-stop pressed: the policy stopped and does not "
-                                             "resume; release the e-stop and start a new run")
+                                             "resume; release the e-stop and start a new run"
+                                             if state != "warming" else
+                                             "e-stop pressed while the policy warmed up: it "
+                                             "never moved the arms")
                 return
             status = self.session.status()
             if not status.running:
