@@ -182,6 +182,23 @@ def test_estop_stops_the_run_for_good(session, store):
         run.start()
 
 
+def test_estop_during_takeover_keeps_the_correction_incomplete(session, store):
+    run = start_scripted(session, store)
+    run.take_over()
+    wait_for(lambda: any(e["event"] == "correction_started" for e in run.events), 10.0,
+             "the correction recording")
+    [eid] = [e["episode"] for e in run.events if e["event"] == "correction_started"]
+    time.sleep(0.3)
+    session.estop()
+    assert run.wait("stopped", 1.0) and "e-stop" in run.reason
+    run.release()  # too late: nothing restarts
+    time.sleep(0.3)
+    assert run.state == "stopped" and session.source is None and run.corrections == []
+    assert session.status().teleop == "stopped"
+    assert store.info(eid).status == "incomplete"
+    assert [load_run(p).meta["ended"] for p in run.saved] == ["takeover"]
+
+
 def test_injected_delay_is_what_the_runtime_measures(session, tmp_path):
     run = start_scripted(session, delay=5, run_dir=tmp_path / "run")  # 5 steps = 100 ms at 50 Hz
     wait_for(lambda: len(run.telemetry.latencies_ms()) >= 3, 10.0, "three chunks")

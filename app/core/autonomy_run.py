@@ -199,12 +199,10 @@ class AutonomyRun:
         """End the takeover: the correction episode is finished, teleop disengaged (followers
         hold), and a fresh policy segment continues from the present state."""
         with self._lock:
-            if self._state != "takeover":
-                return
+            if self._state != "takeover" or self.session.rig.estopped:
+                return  # after an e-stop the watcher ends the run, the episode kept incomplete
             self._finish_correction()
             self.session.disengage()
-            if self.session.rig.estopped:  # pressed meanwhile: the watcher ends the run
-                return
             self._begin_segment()
             self._set_state("running")
 
