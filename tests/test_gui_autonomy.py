@@ -191,3 +191,126 @@ def test_live_refresh_of_a_10_s_window_is_cheap(qtbot, saved_run):
     assert len(w.latency_curve.getData()[1]) == len(arrived)
     assert w.shown_chunk == a["chunk_id"][arrived[-1]]
     assert w.splice_step() == a["chunk_arrival"][arrived[-1]]
+
+
+# -- the tab on a real-time sim rig ----------------------------------------------------------------
+
+def _held_commands(session, seconds: float) -> np.ndarray:
+    """The commands the control loop sends over `seconds` (None rows: holding with no command)."""
+    rows: list = []
+    fn = rows.append
+    session.add_listener(fn)
+    time.sleep(seconds)
+    session.remove_listener(fn)
+    return np.array([r.command for r in rows if r.command is not None])
+
+
+def test_tab_runs_pauses_stops_reopens_and_estops(qtbot, isolated_settings, sim_config, tmp_path,
+                                                  saved_run):
+    from PySide6.QtCore import Qt
+
+    from app.core.rig_session import RigSession
+    from app.qt.autonomy_tab import AutonomyTab
+
+    session = RigSession(sim_config.with_(cameras=()))  # the scripted policy plans from the sim
+    session.start()
+    tab = AutonomyTab(session, tmp_path / "store")
+    try:
+        qtbot.addWidget(tab)
+        errors: list[str] = []
+        tab.error.connect(lambda title, text: errors.append(f"{title}: {text}"))
+        tab.resize(1500, 900)
+        tab.show()
+        assert tab.policy.currentText() == "scripted" and tab.state == "idle"
+        assert not tab.pause_button.isEnabled() and not tab.stop_button.isEnabled()
+
+        # a checkpoint that does not exist: refused with the fix, nothing runs
+        tab.policy.setCurrentText(str(tmp_path / "no-such-checkpoint"))
+        qtbot.mouseClick(tab.start_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: bool(errors), timeout=10_000)
+        assert "Cannot load the policy" in errors[0] and "checkpoint folder" in errors[0]
+        assert tab.state == "idle" and tab.run is None
+        errors.clear()
+
+        # the fine-tune tab offers a finished checkpoint: listed and remembered
+        tab.add_checkpoint(str(tmp_path / "run-1"))
+        assert tab.policy.findText(str(tmp_path / "run-1")) >= 0
+        assert str(tmp_path / "run-1") in tab._list_setting("policies")
+
+        # Start: loading -> warming -> running, the plots fill in at the poll rate
+        tab.policy.setCurrentText("scripted")
+        tab.instruction.setCurrentText("transfer the cube")
+        qtbot.mouseClick(tab.start_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: tab.state_label.text() == "running", timeout=15_000)
+        assert tab.state == "running" and not tab.start_button.isEnabled()
+        qtbot.waitUntil(lambda: len(tab.plots.measured[0].getData()[0]) > 10, timeout=5_000)
+        counts, redraws0, t0 = [], tab.plots.redraws, time.perf_counter()
+        for _ in range(5):
+            qtbot.wait(1000)
+            counts.append(len(tab.plots.measured[0].getData()[0]))
+        rate = (tab.plots.redraws - redraws0) / (time.perf_counter() - t0)
+        print(f"\nlive plots on the real-time sim rig: {rate:.1f} refreshes/s, window points "
+              f"{counts}")
+        assert all(b > a for a, b in zip(counts, counts[1:])), counts
+        assert rate >= 20.0, f"{rate:.1f} refreshes/s"
+        assert len(tab.plots.chunk_ids()) >= 3 and tab.plots.splice_step() is not None
+        assert tab.plots.shown_chunk == max(tab.plots.chunks.actions)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        assert tab.grab().save(str(SCREENSHOTS / "autonomy.png"))
+
+        # Pause: the followers hold one command; Resume: they move again
+        qtbot.mouseClick(tab.pause_button, Qt.MouseButton.LeftButton)
+        assert tab.state == "paused" and tab.pause_button.text() == "Resume"
+        qtbot.wait(100)
+        held = _held_commands(session, 0.5)
+        assert len(held) > 10 and np.ptp(held, axis=0).max() == 0.0
+        qtbot.mouseClick(tab.pause_button, Qt.MouseButton.LeftButton)
+        assert tab.state == "running"
+        qtbot.waitUntil(lambda: np.ptp(_held_commands(session, 0.2), axis=0).max() > 0,
+                        timeout=5_000)
+
+        # Take over with the leader arms, then Release: the policy goes on in a new segment
+        assert session.rig.has_leaders and tab.takeover_button.isEnabled()
+        qtbot.mouseClick(tab.takeover_button, Qt.MouseButton.LeftButton)
+        assert tab.state == "takeover" and tab.takeover_button.text() == "Release"
+        qtbot.waitUntil(lambda: session.status().teleop in ("ramping", "engaged"), timeout=2_000)
+        qtbot.mouseClick(tab.takeover_button, Qt.MouseButton.LeftButton)
+        assert tab.state == "running" and tab.takeover_button.text() == "Take over"
+        qtbot.waitUntil(lambda: tab.past.count() == 1, timeout=5_000)  # the first segment
+        # the plots follow the new segment's telemetry (a runtime has one from its first step)
+        qtbot.waitUntil(lambda: tab.run.telemetry is not None
+                        and tab._shown_telemetry is tab.run.telemetry, timeout=5_000)
+
+        # Stop: the segment's telemetry is saved and listed; reopening it shows the saved run
+        qtbot.mouseClick(tab.stop_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: tab.state_label.text() == "stopped" and tab.past.count() == 2,
+                        timeout=5_000)
+        assert tab.start_button.isEnabled() and not tab.stop_button.isEnabled()
+        rows = [Path(tab.past.item(i).data(Qt.ItemDataRole.UserRole)) for i in range(2)]
+        assert rows == tab.run.saved  # one row per segment, in order
+        saved = rows[0]
+        tab._open_item(tab.past.item(0))
+        run = load_run(saved)
+        assert tab.reviewing == saved and tab.plots.chunk_ids() == run.chunk_id.tolist()
+        assert len(tab.plots.measured[0].getData()[0]) == len(run.step_index)
+        assert tab.plots.splice_step() == run.chunk_arrival[run.chunk_arrival >= 0][-1]
+
+        # a run saved by `main.py run --save` opens the same way
+        tab.open_telemetry(saved_run.with_suffix(".npz"))
+        assert tab.plots.chunk_ids() == load_run(saved_run).chunk_id.tolist()
+
+        # a second run, ended by the E-STOP: the tab shows it stopped and why
+        qtbot.mouseClick(tab.start_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: tab.state == "running", timeout=15_000)
+        assert tab.reviewing is None  # a new run brings the live view back
+        qtbot.waitUntil(lambda: tab.run.telemetry is not None
+                        and tab._shown_telemetry is tab.run.telemetry, timeout=5_000)
+        session.estop()
+        qtbot.waitUntil(lambda: tab.state_label.text() == "stopped", timeout=2_000)
+        assert tab.state == "stopped" and "e-stop" in tab.reason.text().lower()
+        assert tab.state_label.text() == "stopped" and tab.start_button.isEnabled()
+        qtbot.waitUntil(lambda: tab.past.count() == 3, timeout=5_000)  # its segment is saved
+        assert not errors, errors
+    finally:
+        tab.shutdown()
+        session.close()

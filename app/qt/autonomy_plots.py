@@ -239,10 +239,10 @@ class AutonomyPlots(QWidget):
         self.delay_plot.setLabel("bottom", "request step")
         self.delay_plot.setXLink(self.latency_plot)
         self.delay_est_curve = self.delay_plot.plot(pen=pg.mkPen(theme.WARN_AMBER, width=2),
-                                                    name="estimate d", stepMode="left")
+                                                    name="d (estimate)", stepMode="left")
         self.delay_curve = self.delay_plot.plot(
             pen=None, symbol="o", symbolSize=4, symbolBrush=NEW_COLOUR, symbolPen=None,
-            name="arrival - request")
+            name="measured")
         self.hist_plot = _small_plot(c.addPlot(row=2, col=0), "latency histogram")
         self.hist_plot.setLabel("bottom", "ms")
         self.hist_curve = self.hist_plot.plot(stepMode="center", fillLevel=0,
@@ -440,9 +440,10 @@ class AutonomyPlots(QWidget):
         self.splice_line.setValue(arr)
         self.splice_line.setVisible(arr >= 0)
         self.overlap_plot.setTitle(
-            f"chunk overlap — {layout.NAMES[j]}: chunk {cur} (requested at step {req}, spliced "
-            f"at {arr}, d {d}, prefix {prefix}{', LATE' if late else ''})"
-            + (f" after chunk {prev}" if prev is not None else ""), size="8pt", color="#333")
+            f"{layout.NAMES[j]} · chunk {cur}"
+            + (f" after {prev}" if prev is not None else "")
+            + f": requested at {req}, spliced at {arr}, d {d}, prefix {prefix}"
+            + (" · LATE" if late else ""), size="8pt", color=theme.ESTOP_RED if late else "#333")
         self.overlap_plot.setXRange(lo - 2, hi + 2, padding=0)
 
     # -- what is drawn (for tests and the run log) -------------------------------------------------
