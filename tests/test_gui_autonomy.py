@@ -314,3 +314,44 @@ def test_tab_runs_pauses_stops_reopens_and_estops(qtbot, isolated_settings, sim_
     finally:
         tab.shutdown()
         session.close()
+
+
+def test_tab_loads_a_checkpoint_off_the_gui_thread(qtbot, isolated_settings, sim_config,
+                                                   tmp_path):
+    """A real xr0-tiny checkpoint loads on a worker thread while the tab keeps polling; a policy
+    whose cameras the rig lacks is refused with the fix before anything moves."""
+    from PySide6.QtCore import Qt
+    from test_autonomy_run import save_tiny_checkpoint
+
+    from app.core.rig_session import RigSession
+    from app.qt.autonomy_tab import AutonomyTab
+
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", ["top", "left_wrist"])
+    session = RigSession(sim_config.with_(cameras=()))  # the policy needs two cameras
+    session.start()
+    tab = AutonomyTab(session, tmp_path / "store")
+    try:
+        qtbot.addWidget(tab)
+        errors: list[str] = []
+        tab.error.connect(lambda title, text: errors.append(f"{title}: {text}"))
+        tab.show()
+        ticks: list[float] = []
+        tab.timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+        tab.policy.setCurrentText(str(ckpt))
+        qtbot.mouseClick(tab.start_button, Qt.MouseButton.LeftButton)
+        assert tab.state_label.text() == "loading" and tab.stop_button.isEnabled()
+        assert not tab.start_button.isEnabled()
+        t0 = time.perf_counter()
+        qtbot.waitUntil(lambda: bool(errors), timeout=30_000)
+        load_s = time.perf_counter() - t0
+        gaps = np.diff([t0, *ticks])
+        print(f"\ncheckpoint load {load_s:.2f} s off the GUI thread: {len(ticks)} polls, "
+              f"longest gap {gaps.max() * 1e3:.0f} ms")
+        assert "Cannot load the policy" in errors[0] and "'top'" in errors[0]
+        assert "use the rig the policy was trained on" in errors[0]
+        assert gaps.max() < 0.25, f"the GUI thread stalled {gaps.max() * 1e3:.0f} ms"
+        assert tab.state == "idle" and tab.run is None and tab.start_button.isEnabled()
+        assert session.source is None  # nothing ever drove the followers
+    finally:
+        tab.shutdown()
+        session.close()
