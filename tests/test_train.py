@@ -170,3 +170,36 @@ def test_schedule_and_image_size_rule():
     assert learning_rate(cfg, 1000) == pytest.approx(5e-7)
     h, w = paper_image_size(480, 640)
     assert h % 32 == 0 and w % 32 == 0 and h * w <= 90_000 and (h, w) == (256, 320)
+
+
+def test_out_of_memory_fails_with_the_fix_and_keeps_the_run(store_dir, tmp_path):
+    """A micro-batch that cannot fit: the trainer process (its address space capped at 4 GiB)
+    reports out of memory with what to change, as a failed run, without a traceback."""
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    limit = 4 << 30
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    out = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "main.py", "train", "--store", str(store_dir), "--out", str(out),
+         "--episodes", "1-4", "--base", "xr0-tiny", "--preset", "tiny-scratch", "--steps", "2",
+         "--batch", "4096", "--micro-batch", "4096", "--val-episodes", "1", "--workers", "0",
+         "--json"],
+        cwd=root, capture_output=True, text=True, timeout=300, preexec_fn=cap,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert r.returncode != 0 and events[-1]["event"] == "error", (r.stdout[-2000:], r.stderr[-2000:])
+    msg = events[-1]["message"]
+    assert msg.startswith("out of memory at step 0") and "--micro-batch" in msg, msg
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    from app.core.jobs import find_runs
+
+    (run,) = [r for r in find_runs(store_dir) if r.run_dir == out.resolve()]
+    assert run.status == "failed"

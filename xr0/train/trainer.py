@@ -87,6 +87,16 @@ class _FlowLoss(nn.Module):
                                sample_weights=weights, generator=generator)
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """A failed allocation: CUDA raises torch.OutOfMemoryError, Python MemoryError, and the CPU
+    allocator a RuntimeError that says so."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    msg = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in msg
+                                            or "not enough memory" in msg)
+
+
 class Trainer:
     """One run. `run()` returns the exit status (EXIT_*)."""
 
@@ -308,7 +318,10 @@ class Trainer:
         status, code = "failed", EXIT_FAILED
         try:
             status, code = self._loop()
-        except (torch.OutOfMemoryError, MemoryError) as e:
+        except Exception as e:  # noqa: BLE001 - out of memory gets its fix; the rest re-raises
+            if not is_out_of_memory(e):
+                self._fail(f"{type(e).__name__}: {e}")
+                raise
             self.optimizer.zero_grad(set_to_none=True)
             kept = self._save_quietly()
             self._fail(f"out of memory at step {self.step} ({type(e).__name__}): lower "
@@ -316,9 +329,6 @@ class Trainer:
                        f"smaller --preset (lora, frozen-backbone) or a smaller image size; "
                        f"{'checkpoint kept at ' + str(kept) if kept else 'earlier checkpoints kept'}; "
                        f"continue with --resume")
-        except Exception as e:  # noqa: BLE001 - the run's status must reach the runs table
-            self._fail(f"{type(e).__name__}: {e}")
-            raise
         finally:
             if old is not None:
                 for sig, handler in old.items():
