@@ -13,6 +13,7 @@ from xr0.data.synthetic import write_episode
 from xr0.model import load_checkpoint
 from xr0.train.rundir import RunDir
 
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 ENV = {"OMP_NUM_THREADS": "1"}
 ARGS = ["--micro-batch", "2", "--workers", "0", "--checkpoint-every", "1000", "--val-every", "1000",
         "--warmup", "2"]
@@ -94,3 +95,33 @@ def test_bad_input_reaches_the_caller_as_an_error_event(store_dir, tmp_path):
     assert job.wait(60) == 2
     errors = [e for e in list(job.events.queue) if e["event"] == "error"]
     assert errors and "does not exist" in errors[0]["message"]
+
+
+def test_a_job_outlives_the_process_that_started_it(store_dir, tmp_path):
+    """The app starts a training job and is closed: the trainer's stdout and stderr pipes lose
+    their reader, and the run must still train to the end, to be found done after a restart."""
+    import subprocess
+    import sys
+
+    launcher = (
+        "import sys, time\n"
+        "from app.core.jobs import TrainingJob\n"
+        f"job = TrainingJob.start({str(store_dir)!r}, {str(tmp_path / 'run')!r}, base='xr0-tiny',"
+        f" preset='tiny-scratch', steps=24, batch=2, val_episodes=1, extra_args={ARGS!r},"
+        f" env={ENV!r})\n"
+        "while job.events.get(timeout=90)['event'] != 'step':\n"
+        "    pass\n"
+        "print(job.pid, flush=True)\n"
+        "import os; os._exit(0)\n"   # gone at once, as a killed app would be: pipes close
+    )
+    out = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True,
+                         timeout=120, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.split()[-1])
+    (run,) = [r for r in find_runs(store_dir) if r.run_dir == (tmp_path / "run").resolve()]
+    assert run.pid == pid
+    follower = TrainingJob.attach(run)
+    seen = wait_for(follower, "done", timeout=120)
+    assert seen[-1]["status"] == "done" and seen[-1]["step"] == 24
+    (run,) = [r for r in find_runs(store_dir) if r.run_dir == (tmp_path / "run").resolve()]
+    assert run.status == "done" and RunDir(tmp_path / "run").last_checkpoint() is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -25,10 +26,22 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, default=_default, separators=(",", ":"))
 
 
+def _write(stream, text: str) -> None:
+    """Write and flush; if the reader has gone (the app that started a background job was
+    closed), the stream goes to /dev/null from then on and the command carries on: a training run
+    keeps its own events.jsonl, and must not die of a closed pipe."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
+
+
 def emit_json(obj: Any) -> None:
     """One JSON document per line on stdout, flushed (consumers stream it)."""
-    sys.stdout.write(dumps(obj) + "\n")
-    sys.stdout.flush()
+    _write(sys.stdout, dumps(obj) + "\n")
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
@@ -44,4 +57,4 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def error(msg: str) -> None:
-    sys.stderr.write(f"error: {msg}\n")
+    _write(sys.stderr, f"error: {msg}\n")
