@@ -12,10 +12,12 @@ import pytest  # noqa: E402
 
 @pytest.fixture
 def isolated_settings(tmp_path, monkeypatch):
-    """QSettings (window geometry, operator options) in a temporary folder, not the user's."""
+    """QSettings (window geometry, operator options) and the app's default data folder
+    (~/xr0-data) in a temporary folder, not the user's."""
     from PySide6.QtCore import QSettings
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
     for fmt in (QSettings.Format.NativeFormat, QSettings.Format.IniFormat):
         QSettings.setPath(fmt, QSettings.Scope.UserScope, str(tmp_path))
     return tmp_path

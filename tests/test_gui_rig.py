@@ -55,7 +55,7 @@ def _control_threads() -> list[threading.Thread]:
 
 def test_rig_window_live_teleop_estop_and_close(qtbot, isolated_settings, sim_config):
     session = RigSession(sim_config)
-    w = MainWindow(session)  # default options: teleop engages by itself on the sim rig
+    w = MainWindow(session, data=isolated_settings / "data")  # default options: teleop engages by itself on the sim rig
     qtbot.addWidget(w)
     w.loop_action.setChecked(False)  # one episode throughout (episodes are tested below)
     w.show()
@@ -108,7 +108,7 @@ def test_rig_window_live_teleop_estop_and_close(qtbot, isolated_settings, sim_co
     assert info["episode_max_reward"] == info["max_reward"]
 
     # A screenshot of the live, engaged window for the README.
-    paths = w.save_screenshots(SCREENSHOTS)
+    paths = w.save_screenshots(SCREENSHOTS, tabs=["Rig"])
     assert SCREENSHOTS / "rig.png" in paths
     shot = QImage(str(SCREENSHOTS / "rig.png"))
     assert (shot.width(), shot.height()) == (w.width(), w.height())
@@ -260,9 +260,11 @@ def test_main_py_gui_opens_and_quits(tmp_path):
     env = dict(__import__("os").environ, XDG_CONFIG_HOME=str(tmp_path / "config"))
     r = subprocess.run(
         [sys.executable, "main.py", "gui", "--rig", "sim", "--quit-after", "3",
-         "--screenshot-dir", str(tmp_path / "shots")],
+         "--data", str(tmp_path / "data"), "--screenshot-dir", str(tmp_path / "shots")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "error" not in r.stderr.lower(), r.stderr
-    shot = QImage(str(tmp_path / "shots" / "rig.png"))
-    assert not shot.isNull() and shot.width() > 600
+    for tab in ("rig", "record", "episodes", "fine-tune", "autonomy"):
+        shot = QImage(str(tmp_path / "shots" / f"{tab}.png"))
+        assert not shot.isNull() and shot.width() > 600, tab
+    assert (tmp_path / "data" / "store").is_dir()

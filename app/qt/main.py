@@ -35,9 +35,12 @@ def _fatal(app: QApplication, title: str, text: str, quit_after: float | None) -
     return 2
 
 
-def run_app(rig: str, screenshot_dir: str | None = None, quit_after: float | None = None) -> int:
+def run_app(rig: str, screenshot_dir: str | None = None, quit_after: float | None = None,
+            data: str | None = None) -> int:
     """Open the workstation on a rig config ('sim', a name in assets/rigs, or a .toml path).
 
+    data: the folder of the episode store and the fine-tune runs (default: the last one used,
+    else ~/xr0-data).
     screenshot_dir: once cameras and joints have been live for ~2 s, save one PNG per tab there.
     quit_after: close the window after this many seconds (waits for pending screenshots).
     Returns the process exit code: 0 on a clean close, non-zero if something failed.
@@ -54,7 +57,7 @@ def run_app(rig: str, screenshot_dir: str | None = None, quit_after: float | Non
                       f"{type(e).__name__}: {e}\n\nCheck the rig config {config.source} and that "
                       f"the rig's packages are installed (scripts/dev setup).", quit_after)
 
-    window = MainWindow(session)
+    window = MainWindow(session, data=data)
     window.show()
     failures: list[str] = []
     t_open = now()

@@ -1,5 +1,11 @@
 """The workstation's main window: the always-visible E-STOP bar, the tabs, the status bar.
 
+Tabs: Rig (arms, cameras, teleop), Record (demonstrations into the episode store), Episodes (the
+store: review, marks, replay, export), Fine-tune (background training jobs), Autonomy (the policy
+on the rig through the asynchronous runtime, with live plots). The tabs talk through signals:
+a recorded episode refreshes Episodes, the Episodes selection feeds Fine-tune, a finished
+fine-tune offers its checkpoint to Autonomy.
+
 The window owns no robot logic. It connects the RigSession in a background thread (so the window
 is up at once), polls the session on a ~30 Hz QTimer and shows what it finds; operator actions go
 straight to the session. Window geometry and the operator's options persist in QSettings.
@@ -18,13 +24,28 @@ from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QTabWidget, QVBo
 
 from app.core.rig_session import RigSession, SessionStatus
 from app.qt import theme
+from app.qt.autonomy_tab import AutonomyTab
+from app.qt.episodes_tab import EpisodesTab
 from app.qt.estop import EStopBar
+from app.qt.finetune_tab import FineTuneTab
+from app.qt.record_panel import RecordPanel
 from app.qt.rig_panel import RigPanel
 from drivers.clock import now
 
 POLL_MS = 33  # ~30 Hz: cameras, plots, readouts, status bar
 AUTO_ENGAGE_KEY = "rig/auto_engage_sim"
 LOOP_EPISODES_KEY = "rig/loop_episodes_sim"
+DATA_DIR_KEY = "data/dir"
+DEFAULT_DATA_DIR = Path.home() / "xr0-data"  # store/ (episodes, runs table) and runs/ (fine-tunes)
+
+
+def data_dir(explicit: str | Path | None = None) -> Path:
+    """Where the app keeps its episode store and fine-tune runs: the given folder, else the last
+    one used (QSettings), else ~/xr0-data."""
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    saved = settings().value(DATA_DIR_KEY)
+    return Path(saved).expanduser() if saved else DEFAULT_DATA_DIR
 
 
 def settings() -> QSettings:
@@ -45,11 +66,14 @@ def show_error(parent: QWidget | None, title: str, text: str) -> QMessageBox:
 class MainWindow(QMainWindow):
     closed = Signal()  # after the session has been closed (followers torque off)
 
-    def __init__(self, session: RigSession, auto_engage: bool | None = None):
+    def __init__(self, session: RigSession, auto_engage: bool | None = None,
+                 data: str | Path | None = None):
         super().__init__()
         self.session = session
         cfg = session.config
-        self.setWindowTitle(f"XR0 Workstation — {cfg.name} ({cfg.kind} rig)")
+        self.data_dir = data_dir(data)
+        self.store_dir, self.runs_dir = self.data_dir / "store", self.data_dir / "runs"
+        self.setWindowTitle(f"XR0 Workstation — {cfg.name} ({cfg.kind} rig) — {self.data_dir}")
         self.resize(1400, 900)
         self._settings = settings()
         if auto_engage is None:
@@ -69,8 +93,22 @@ class MainWindow(QMainWindow):
             f"E-STOP ({src}): commands refused, followers holding", 5000))
         self.rig_panel = RigPanel(session)
         self.rig_panel.error.connect(self.report_error)
+        self.record_panel = RecordPanel(session, self.store_dir)
+        self.episodes_tab = EpisodesTab(self.store_dir, session)
+        self.finetune_tab = FineTuneTab(self.store_dir, self.runs_dir)
+        self.autonomy_tab = AutonomyTab(session, self.store_dir)
         self.tabs = QTabWidget()
-        self.tabs.addTab(self.rig_panel, "Rig")
+        self.tabs.setObjectName("main_tabs")
+        for widget, title in ((self.rig_panel, "Rig"), (self.record_panel, "Record"),
+                              (self.episodes_tab, "Episodes"), (self.finetune_tab, "Fine-tune"),
+                              (self.autonomy_tab, "Autonomy")):
+            self.tabs.addTab(widget, title)
+            if widget is not self.rig_panel:
+                widget.error.connect(self.report_error)
+        self.record_panel.episode_recorded.connect(lambda _id: self.episodes_tab.refresh())
+        self.episodes_tab.selection_changed.connect(self.finetune_tab.set_selection)
+        self.finetune_tab.checkpoint_ready.connect(self.autonomy_tab.add_checkpoint)
+        self.tabs.currentChanged.connect(self._tab_shown)
 
         central = QWidget()
         lay = QVBoxLayout(central)
@@ -125,6 +163,26 @@ class MainWindow(QMainWindow):
                   self.sb_estop):
             sb.addPermanentWidget(w)
 
+    def _tab_shown(self, index: int) -> None:
+        """A tab shown again reads the store again (episodes recorded or runs finished elsewhere)."""
+        widget = self.tabs.widget(index)
+        if widget is self.episodes_tab:
+            self.episodes_tab.refresh()
+        elif widget is self.finetune_tab:
+            self.finetune_tab.refresh_runs()
+        elif widget is self.autonomy_tab:
+            self.autonomy_tab.refresh_past_runs()
+
+    @property
+    def busy(self) -> str:
+        """What is driving the followers besides teleop ('' if nothing): the sim scene must not be
+        reset under a recording, a replay or the policy."""
+        if self.record_panel.recording:
+            return "recording"
+        if self.session.source is not None:
+            return "replay or policy"
+        return ""
+
     def _restore_geometry(self) -> None:
         geo = self._settings.value("main_window/geometry")
         if geo is not None:
@@ -132,6 +190,9 @@ class MainWindow(QMainWindow):
         state = self._settings.value("main_window/state")
         if state is not None:
             self.restoreState(state)
+        tab = self._settings.value("main_window/tab")
+        if tab is not None and 0 <= int(tab) < self.tabs.count():
+            self.tabs.setCurrentIndex(int(tab))
         split = self._settings.value("main_window/rig_splitter")
         if split is not None:
             self.rig_panel.splitter.restoreState(split)
@@ -165,7 +226,17 @@ class MainWindow(QMainWindow):
         self._settings.setValue("main_window/geometry", self.saveGeometry())
         self._settings.setValue("main_window/state", self.saveState())
         self._settings.setValue("main_window/rig_splitter", self.rig_panel.splitter.saveState())
+        self._settings.setValue("main_window/tab", self.tabs.currentIndex())
+        self._settings.setValue(DATA_DIR_KEY, str(self.data_dir))
         self._settings.sync()
+        # the tabs end their work first: a recording is finished and kept, the policy stops and
+        # its telemetry is saved, playback and export threads end; a training job keeps running
+        # in its own process and is found again when the app reopens
+        for tab in (self.autonomy_tab, self.record_panel, self.episodes_tab, self.finetune_tab):
+            try:
+                tab.shutdown()
+            except Exception as e:  # noqa: BLE001 - closing must reach session.close() below
+                print(f"error: closing the {type(tab).__name__}: {e}", file=sys.stderr)
         self.session.remove_listener(self.rig_panel.history)
         if self._starter is not None:
             self._starter.join(timeout=30.0)  # a connect in progress finishes, then we close
@@ -205,6 +276,8 @@ class MainWindow(QMainWindow):
                 f"failure to do so is listed above: then cut the arms' power). Check the rig, "
                 f"then close and reopen the app.")
         self._maybe_auto_engage(st)
+        self.rig_panel.loop_episodes = (self.loop_action.isChecked() and not self.busy
+                                        and self.session.config.kind == "sim")
         self.rig_panel.refresh(st)
         self.estop.show_state(st.estopped)
         self._show_status(st)
@@ -248,15 +321,18 @@ class MainWindow(QMainWindow):
             self.sb_estop.setStyleSheet(theme.badge(theme.OK_GREEN))
 
     # -- screenshots -----------------------------------------------------------------------
-    def save_screenshots(self, directory: str | Path) -> list[Path]:
-        """One PNG of the whole window per tab, named after the tab (rig.png, ...)."""
+    def save_screenshots(self, directory: str | Path, tabs: list[str] | None = None) -> list[Path]:
+        """One PNG of the whole window per tab (or per tab named in `tabs`), named after the tab
+        (rig.png, record.png, episodes.png, fine-tune.png, autonomy.png)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         current = self.tabs.currentIndex()
         out = []
         for i in range(self.tabs.count()):
-            self.tabs.setCurrentIndex(i)
             name = self.tabs.tabText(i).replace("&", "").strip().lower().replace(" ", "_")
+            if tabs is not None and self.tabs.tabText(i) not in tabs:
+                continue
+            self.tabs.setCurrentIndex(i)
             path = d / f"{name}.png"
             if not self.grab().save(str(path)):
                 raise OSError(f"could not write {path}: check that the folder is writable")
