@@ -7,6 +7,11 @@ within-chunk step, mean over switches and episodes) and RMS jerk of the commande
 `rtc` needs a flow policy (infer_guided); the scripted planner is deterministic, so it is left out
 here (tests/test_runtime_rtc.py measures it on a flow field).
 
+With XR0_BENCH_RUNTIME_POLICY=CHECKPOINT (an xr0-tiny fine-tuned on sim transfer-cube demos, e.g.
+the run `main.py bench train` keeps with XR0_BENCH_TRAIN_DIR), the same comparison with that
+trained policy on evaluation seeds no demonstration used (100000+), rtc included (a flow policy
+has infer_guided), the delay injected in steps as above.
+
 Then real time: RigSession's control thread at 50 Hz on the sim rig with one camera, the
 scripted-chunk policy computing in the inference worker with 80 ms injected latency (XR0 on an
 RTX 4090), and the control loop's period error p99 measured while inference runs.
@@ -71,6 +76,44 @@ def strategies(quick: bool) -> list[Figure]:
     return figs
 
 
+def trained(checkpoint: str, quick: bool):
+    """The strategies with a trained XR0 policy (stepping mode, injected delay in steps)."""
+    import torch
+
+    from app.core.autonomy import run_sim_episode
+    from app.core.policies import load_chunk_policy, policy_cameras
+    from drivers.config import load_rig_config
+    from drivers.sim.rig import SimRig
+
+    torch.set_num_threads(1)
+    task = "transfer the cube"
+    policy = load_chunk_policy(checkpoint, instruction=task)
+    # the cameras the policy was trained with, as the sim rig config has them
+    full = _sim(False).with_(cameras=policy_cameras(load_rig_config("sim"), policy))
+    seeds = range(100_000, 100_002 if quick else 100_010)
+    delays = (0, 4) if quick else DELAYS
+    with SimRig(full) as rig:
+        for d in delays:
+            for s in (*STRATEGIES, "rtc"):
+                rows = [run_sim_episode(rig, s, seed, d, instruction=task, policy=policy)
+                        for seed in seeds]
+                success = sum(r["success"] for r in rows) / len(rows)
+                bd = float(np.nanmean([r["boundary_discontinuity"] for r in rows]))
+                jerk = float(np.mean([r["rms_jerk"] for r in rows]))
+                detail = {"seeds": [seeds.start, seeds.stop - 1], "delay_steps": d,
+                          "checkpoint": checkpoint,
+                          "latency_ms_p50": float(np.median([r["latency_ms_p50"] for r in rows])),
+                          "flags": sorted({f for r in rows for f in r["flags"]})}
+                anchor = "trained xr0-tiny; " + ANCHOR_SMOOTH
+                yield Figure("runtime", f"trained {s} d={d} success rate", success, "fraction",
+                             anchor=anchor, detail=detail)
+                yield Figure("runtime", f"trained {s} d={d} boundary discontinuity", bd,
+                             "x median step", "<= 1.5" if s == "xr0" else "", anchor,
+                             (bd <= 1.5) if s == "xr0" else None, detail)
+                yield Figure("runtime", f"trained {s} d={d} RMS jerk", jerk, "rad/s^3",
+                             anchor=anchor, detail=detail)
+
+
 def realtime_loop(quick: bool) -> list[Figure]:
     import torch
 
@@ -112,5 +155,9 @@ def realtime_loop(quick: bool) -> list[Figure]:
 
 
 def run(quick: bool = False):
+    import os
+
     yield from strategies(quick)
+    if os.environ.get("XR0_BENCH_RUNTIME_POLICY"):
+        yield from trained(os.environ["XR0_BENCH_RUNTIME_POLICY"], quick)
     yield from realtime_loop(quick)

@@ -11,7 +11,8 @@ run: 50 demonstrations, the preset's 3000 steps, 50 evaluation episodes per chec
 rate means nothing).
 
 Each command runs as its own process with OMP_NUM_THREADS=1 on the shared CPU. With
-XR0_BENCH_TRAIN_DIR=DIR (a new folder) the demonstrations and the trained run are kept there.
+XR0_BENCH_TRAIN_DIR=DIR (a new folder) the demonstrations and the trained run are kept there; a
+folder holding only store/ trains on the demonstrations recorded there before.
 """
 
 from __future__ import annotations
@@ -87,17 +88,32 @@ def run(quick: bool = False) -> Iterator[Figure]:
     demos, seconds = (3, 3.0) if quick else (50, None)
     steps, evals = (20, 2) if quick else (None, 50)
     keep = os.environ.get("XR0_BENCH_TRAIN_DIR")  # keep the store and the run there
+    reuse = False
     if keep and Path(keep).exists() and any(Path(keep).iterdir()):
-        raise ValueError(f"XR0_BENCH_TRAIN_DIR={keep} is not empty: give a new folder")
+        # a folder from an earlier run that recorded its demonstrations but has no run yet
+        # trains on those demonstrations again
+        reuse = (Path(keep) / "store").is_dir() and not (Path(keep) / "run").exists()
+        if not reuse:
+            raise ValueError(f"XR0_BENCH_TRAIN_DIR={keep} holds a run already: give a new "
+                             f"folder, or one holding only store/ to train on its episodes")
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         base = Path(keep) if keep else Path(tmp)
         store, out = base / "store", base / "run"
-        rec = ["record", "--rig", "sim", "--task", TASK, "--episodes", str(demos), "--store", str(store)]
-        if seconds:
-            rec += ["--seconds", str(seconds)]
-        _, record_s, _, _ = _run(rec, timeout=3600)
-        yield Figure("train", "demonstrations recorded", demos, "episodes", anchor=(
-            f"scripted sim operator, transfer cube, {record_s:.0f} s to record"))
+        if reuse:
+            from store import EpisodeStore
+
+            with EpisodeStore.open(store) as st:
+                n = len(st.episodes(status="complete"))
+            yield Figure("train", "demonstrations recorded", n, "episodes", anchor=(
+                f"scripted sim operator, transfer cube; reused from {store}"))
+        else:
+            rec = ["record", "--rig", "sim", "--task", TASK, "--episodes", str(demos),
+                   "--store", str(store)]
+            if seconds:
+                rec += ["--seconds", str(seconds)]
+            _, record_s, _, _ = _run(rec, timeout=3600)
+            yield Figure("train", "demonstrations recorded", demos, "episodes", anchor=(
+                f"scripted sim operator, transfer cube, {record_s:.0f} s to record"))
 
         train = ["train", "--store", str(store), "--base", "xr0-tiny", "--preset", "tiny-scratch",
                  "--out", str(out), "--val-episodes", "1" if quick else "2"]

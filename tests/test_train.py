@@ -203,3 +203,24 @@ def test_out_of_memory_fails_with_the_fix_and_keeps_the_run(store_dir, tmp_path)
 
     (run,) = [r for r in find_runs(store_dir) if r.run_dir == out.resolve()]
     assert run.status == "failed"
+
+
+def test_keep_checkpoints_flag_keeps_every_checkpoint(store_dir, tmp_path):
+    """`--keep-checkpoints 0` keeps them all (a success-vs-training-time curve evaluates earlier
+    ones); the default keeps the newest three."""
+    from app.cli import build_parser
+    from app.cli.train import _config
+
+    def cfg(*extra):
+        args = build_parser().parse_args(["train", "--store", str(store_dir), "--out",
+                                          str(tmp_path / "r"), *extra])
+        return _config(args)
+
+    assert cfg().keep_checkpoints == 3
+    every = cfg("--keep-checkpoints", "0", "--preset", "tiny-scratch")
+    assert every.keep_checkpoints == 0
+    code, _ = run(tiny(steps=4, checkpoint_every=1, keep_checkpoints=every.keep_checkpoints),
+                  store_dir, tmp_path / "all")
+    assert code == EXIT_DONE
+    assert [p.name for p in RunDir(tmp_path / "all").checkpoints()] == [
+        f"step-{i:07d}" for i in (1, 2, 3, 4)]
