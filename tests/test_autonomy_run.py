@@ -323,16 +323,18 @@ def sim_ckpt(tmp_path_factory):
 
 
 def test_xr0_checkpoint_runs_on_the_realtime_sim(sim_config, sim_ckpt, tmp_path):
+    """The rig has three cameras, the policy was trained on two of them: it sees those two."""
     import torch
 
-    from app.core.policies import load_chunk_policy, policy_cameras
+    from app.core.policies import load_chunk_policy
 
     torch.set_num_threads(1)  # 2 shared cores: the control loop and the sim need the other
     policy = load_chunk_policy(str(sim_ckpt), instruction="transfer the cube")
-    cfg = sim_config.with_(cameras=policy_cameras(sim_config, policy))
-    with RigSession(cfg) as s:
+    assert {c.name for c in sim_config.cameras} == {"top", "left_wrist", "right_wrist"}
+    with RigSession(sim_config) as s:
         run = AutonomyRun(s, policy, k=10, instruction="transfer the cube",
                           run_dir=tmp_path / "run", policy_name=str(sim_ckpt))
+        assert run.cameras == ("top", "left_wrist")
         run.start()
         assert run.state == "warming"
         run.wait(("running", "failed"), 30.0)

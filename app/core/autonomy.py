@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -52,13 +52,17 @@ class AutonomyStep:
 class AutonomySource:
     """time_base: 'rig' stamps observations with drivers.clock (real time); 'sim' uses the sim's
     episode time (stepping mode, where wall time says nothing about the robot's time).
-    extra: called for each observation; its dict becomes Observation.extra."""
+    extra: called for each observation; its dict becomes Observation.extra.
+    cameras: the names of the rig cameras the policy sees (None: all of them); a rig may have
+    more cameras than the policy was trained with."""
 
     def __init__(self, rig: Rig, runtime: ChunkRuntime, instruction: str = "",
-                 time_base: str = "rig", extra: Callable[[], dict] | None = None):
+                 time_base: str = "rig", extra: Callable[[], dict] | None = None,
+                 cameras: Sequence[str] | None = None):
         if time_base not in ("rig", "sim"):
             raise ValueError(f"time_base is 'rig' or 'sim', not {time_base!r}")
         self.rig = rig
+        self.cameras = tuple(rig.cameras) if cameras is None else tuple(cameras)
         self.runtime = runtime
         self.instruction = instruction
         self.time_base = time_base
@@ -94,9 +98,9 @@ class AutonomySource:
         sim = self.time_base == "sim"
         t_obs = float(st.info.get("sim_time", 0.0)) if sim else st.t
         images = {}
-        for name, cam in self.rig.cameras.items():
+        for name in self.cameras:
             try:
-                f = cam.latest()
+                f = self.rig.cameras[name].latest()
             except Exception:  # noqa: BLE001 - a dead camera makes the observation stale
                 t_obs = -math.inf
                 continue

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 from app.core.autonomy import AutonomySource, telemetry_metrics, warm_up
+from app.core.policies import policy_cameras
 from app.core.rig_session import RigSession
 from xr0.runtime import STRATEGIES, ChunkRuntime, RuntimeConfig, load_run
 from xr0.runtime.executor import SteppedExecutor
@@ -101,6 +102,8 @@ class AutonomyRun:
         self.on_event = on_event
         self.policy_name = policy_name or type(policy).__name__
         self._extra = getattr(policy, "capture", None)  # a policy planning from the sim state
+        # the rig cameras the policy sees (a rig may have more); refused now if one is missing
+        self.cameras = tuple(c.name for c in policy_cameras(session.config, policy)) or None
         self.policy = policy if delay in ("measured", 0) else DelayedPolicy(policy, delay * self.dt)
         # the strategy must suit the policy (prefix, guidance): refused now, before anything runs
         ChunkRuntime(self.policy, self._config(), executor=SteppedExecutor(self.policy, self.dt))
@@ -273,21 +276,21 @@ class AutonomyRun:
             if time.monotonic() > end:
                 raise RuntimeError("the control loop produced no step to observe")
             time.sleep(0.01)
-        for name, cam in self.session.rig.cameras.items():
+        for name in self.cameras or tuple(self.session.rig.cameras):
             try:
-                cam.wait_next(0, timeout_s=self.FIRST_FRAME_TIMEOUT_S)
+                self.session.rig.cameras[name].wait_next(0, timeout_s=self.FIRST_FRAME_TIMEOUT_S)
             except Exception as e:  # noqa: BLE001 - the camera's own message says what to check
                 raise RuntimeError(f"camera '{name}' delivers no frame for the policy to see: "
                                    f"{e}") from e
         probe = AutonomySource(self.session.rig, ChunkRuntime(
             self.policy, self._config(), executor=SteppedExecutor(self.policy, self.dt)),
-            self.instruction)
+            self.instruction, cameras=self.cameras)
         warm_up(self.policy, probe._observe(0, self.session.latest().state))
 
     def _begin_segment(self) -> None:
         rt = ChunkRuntime(self.policy, self._config())  # the threaded inference executor
         src = AutonomySource(self.session.rig, rt, self.instruction, time_base="rig",
-                             extra=self._extra)
+                             extra=self._extra, cameras=self.cameras)
         self._runtime, self._source = rt, src
         self.session.set_source(src)
 
