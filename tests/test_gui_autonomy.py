@@ -25,8 +25,6 @@ from xr0.runtime.telemetry import ChunkRecord
 
 pytestmark = pytest.mark.gui
 
-ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 DELAY_STEPS = 6
 WINDOW_S = 10.0
 
@@ -255,8 +253,7 @@ def test_tab_runs_pauses_stops_reopens_and_estops(qtbot, isolated_settings, sim_
         assert rate >= 20.0, f"{rate:.1f} refreshes/s"
         assert len(tab.plots.chunk_ids()) >= 3 and tab.plots.splice_step() is not None
         assert tab.plots.shown_chunk == max(tab.plots.chunks.actions)
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        assert tab.grab().save(str(SCREENSHOTS / "autonomy.png"))
+        assert tab.grab().save(str(tmp_path / "autonomy.png"))
 
         # Pause: the followers hold one command; Resume: they move again
         qtbot.mouseClick(tab.pause_button, Qt.MouseButton.LeftButton)

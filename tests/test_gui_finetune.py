@@ -24,8 +24,6 @@ from xr0.train.rundir import TRAINING_STATE, RunDir
 
 pytestmark = pytest.mark.gui
 
-ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOT = ROOT / "docs" / "screenshots" / "fine-tune.png"
 TASK = "transfer the cube"
 # the fastest trainer settings that still train and validate (as in test_jobs / test_train)
 OPTIONS = "--micro-batch 2 --workers 0 --checkpoint-every 1000 --warmup 2"
@@ -126,9 +124,9 @@ def test_one_click_trains_to_a_checkpoint_with_progress_and_plots(qtbot, isolate
     tab.table.clearSelection()
     tab.table.selectRow(0)
     assert points(tab.plots.loss_curve) == 8
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    assert tab.grab().save(str(SCREENSHOT))
-    assert QImage(str(SCREENSHOT)).width() == tab.width()
+    shot = tmp_path / "fine-tune.png"
+    assert tab.grab().save(str(shot))
+    assert QImage(str(shot)).width() == tab.width()
 
     # a new tab (the app opened again) restores the settings and lists the run
     tab.shutdown()

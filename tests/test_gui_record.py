@@ -18,8 +18,6 @@ from store import EpisodeStore
 
 pytestmark = pytest.mark.gui
 
-ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOT = ROOT / "docs" / "screenshots" / "record.png"
 CTRL = Qt.KeyboardModifier.ControlModifier
 SHIFT = Qt.KeyboardModifier.ShiftModifier
 
@@ -118,9 +116,9 @@ def test_record_rerecord_discard_stop_and_history(qtbot, isolated_settings, sim_
         assert panel.plots.redraws > 0
 
         qtbot.waitUntil(lambda: panel.plots.redraws > 2, timeout=5_000)
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        assert panel.grab().save(str(SCREENSHOT))
-        assert QImage(str(SCREENSHOT)).width() == panel.width()
+        shot = tmp_path / "record.png"
+        assert panel.grab().save(str(shot))
+        assert QImage(str(shot)).width() == panel.width()
 
         # the instruction history, newest first, persists into a new panel
         history = [panel.instruction.itemText(i) for i in range(panel.instruction.count())]
