@@ -42,7 +42,6 @@ from store.schema import RUN_KINDS, STATUSES, migrate
 
 INDEX = "index.db"
 EPISODES = "episodes"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def _now_iso() -> str:
@@ -68,11 +67,9 @@ class EpisodeStore:
         root = Path(root).expanduser().absolute()
         _ensure_writable(root)
         index = root / INDEX
-        if index.exists() and index.stat().st_size > 0:
-            with open(index, "rb") as f:
-                head = f.read(len(SQLITE_MAGIC))
-            if head != SQLITE_MAGIC:
-                raise CorruptIndex(_corrupt_message(index, "file is not a database"))
+        # no header check with a file object of our own: closing any descriptor of the index
+        # drops this process's SQLite locks on it (POSIX), and another process closing the store
+        # then deletes the WAL under this process's open stores (disk I/O errors after)
         try:
             conn = sqlite3.connect(index, timeout=30, isolation_level=None,
                                    check_same_thread=False)
