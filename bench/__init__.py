@@ -28,6 +28,9 @@ BENCHES: dict[str, tuple[str, str]] = {
               "minus server inference (p50/p95) and bytes per request at 2 x 224x224"),
     "train": ("bench.train", "scripted sim demos of transfer cube, xr0-tiny trained from scratch on "
               "the CPU: samples/s, peak RSS, success on unseen seeded episodes vs training time"),
+    "app": ("bench.app", "the desktop app's event-loop latency (p50/p99/max) idle, recording, "
+            "recording + fine-tuning, autonomy + fine-tuning; live plot refresh rate; E-STOP "
+            "press to stop applied"),
 }
 
 
