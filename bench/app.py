@@ -244,7 +244,10 @@ def measure(phase_s: float, folder: str) -> dict:
         step0 = ft.progress.value()
         phase("recording_training")
 
-        # autonomy: recording stops, a fresh sim episode, the scripted policy from the tab
+        # autonomy: recording stops (mid-episode, away from an episode's first steps), a fresh
+        # sim episode, the scripted policy from the tab
+        _wait_until("an episode half recorded", lambda: rec.phase.text() == "recording" and (
+            float(rec.countdown.text().split()[0]) < rec.seconds.value() / 2), 60.0, errors)
         rec.stop_button.click()
         _wait_until("the recording to stop", lambda: not rec.recording, 30.0, errors)
         out["episodes_recorded"] = len(rec.saved)
