@@ -47,9 +47,12 @@ def wait_for(job, kind, timeout=90.0):
 
 
 def test_events_stream_and_sigterm_cancels_with_a_valid_checkpoint(store_dir, tmp_path):
+    """With a data-loader worker, as the presets run: the cancel reaches the whole process group,
+    and the worker must leave it to the trainer."""
     got = []
+    with_worker = [a if a != "0" or ARGS[i - 1] != "--workers" else "1" for i, a in enumerate(ARGS)]
     job = TrainingJob.start(store_dir, tmp_path / "run", base="xr0-tiny", preset="tiny-scratch",
-                            steps=100000, batch=2, val_episodes=1, extra_args=ARGS,
+                            steps=100000, batch=2, val_episodes=1, extra_args=with_worker,
                             on_event=got.append, env=ENV)
     seen = wait_for(job, "step")
     assert seen[0]["event"] == "start" and seen[0]["train_episodes"] == [1, 2]

@@ -87,6 +87,14 @@ class _FlowLoss(nn.Module):
                                sample_weights=weights, generator=generator)
 
 
+def _ignore_cancel_signals(_worker_id: int) -> None:
+    """Data workers leave SIGTERM and SIGINT to the trainer: a cancel goes to the whole process
+    group (the app's job runner, Ctrl-C in a terminal), and a worker killed by it would fail the
+    run instead of letting the trainer finish its step and save."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def is_out_of_memory(e: BaseException) -> bool:
     """A failed allocation: CUDA raises torch.OutOfMemoryError, Python MemoryError, and the CPU
     allocator a RuntimeError that says so."""
@@ -343,7 +351,8 @@ class Trainer:
         sampler = StepBatches(len(self.train_ds), cfg, self.info, self.step)
         loader = DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=collate,
                             num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
-                            prefetch_factor=4 if cfg.num_workers else None)
+                            prefetch_factor=4 if cfg.num_workers else None,
+                            worker_init_fn=_ignore_cancel_signals if cfg.num_workers else None)
         if main:
             self.emit({"event": "start", "run_id": self.run_id, "step": self.step,
                        "steps": cfg.steps, "train_episodes": self.train_ids,
