@@ -140,6 +140,19 @@ def test_episodes_that_run_to_the_sim_episode_end_all_record(tmp_path):
     assert all(e.steps >= 90 for e in kept), [e.steps for e in kept]  # ~2 s at 50 Hz each
 
 
+def test_stop_before_the_first_step_ends_the_cycle_cleanly(tmp_path, sim_config):
+    """Stop pressed as an episode begins (before its first control step): the empty episode is
+    dropped and the cycle ends done, not failed; the episodes before it are kept."""
+    store = EpisodeStore.open(tmp_path / "store")
+    with RigSession(sim_config) as session:
+        cycle = EpisodeCycle(session, store, CyclePlan(task="t", episodes=2, seconds=5.0))
+        cycle.stop()  # waiting before the first recording starts
+        cycle.start()
+        cycle.join(timeout=30)
+        assert cycle.error == "" and cycle.phase.value == "done", cycle.error
+    assert [e.status for e in store.episodes(status=None)] in ([], ["discarded"], ["complete"])
+
+
 def test_a_failing_listener_never_stops_the_control_loop(sim_config):
     session = RigSession(sim_config)
 

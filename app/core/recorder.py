@@ -322,6 +322,11 @@ class EpisodeCycle:
                     if cmd == "discard":
                         self.target -= 1
                     continue
+                if cmd == "stop" and self.current.stats.steps == 0:
+                    # stopped before its first control step: nothing to keep, nothing failed
+                    self.current.discard()
+                    self.current = None
+                    break
                 if cmd == "estop":
                     episode = self.current.writer.id
                     self.current.abandon()
