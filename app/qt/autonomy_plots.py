@@ -24,10 +24,11 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
-    QComboBox, QGraphicsItem, QHBoxLayout, QLabel, QSpinBox, QSplitter, QVBoxLayout, QWidget,
+    QComboBox, QHBoxLayout, QLabel, QSpinBox, QSplitter, QVBoxLayout, QWidget,
 )
 
 from app.qt import theme
+from app.qt.plotting import StableRanges, cheap_axis
 from drivers import layout
 from xr0.runtime import RunLog, Telemetry
 
@@ -131,16 +132,8 @@ def _small_plot(plot: pg.PlotItem, title: str) -> pg.PlotItem:
     plot.showGrid(x=True, y=True, alpha=0.25)
     plot.getAxis("left").setWidth(44)
     for name in ("left", "bottom"):
-        _cheap_axis(plot.getAxis(name))
+        cheap_axis(plot.getAxis(name))
     return plot
-
-
-def _cheap_axis(axis: pg.AxisItem) -> None:
-    """An axis replays its tick labels on every repaint of its plot (its grid lines span the
-    view): cached as a pixmap, a refresh that leaves the ticks alone blits it instead; and no
-    SI-prefix relabelling on every range change."""
-    axis.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
-    axis.enableAutoSIPrefix(False)
 
 
 class AutonomyPlots(QWidget):
@@ -255,7 +248,6 @@ class AutonomyPlots(QWidget):
         self.joint_plots: list[pg.PlotItem] = [None] * layout.DIM  # type: ignore[list-item]
         self.measured: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
         self.commanded: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
-        self._y_ranges = np.full((layout.DIM, 2), np.nan)
         small = QFont(self.font())
         small.setPointSize(7)
         first = None
@@ -275,7 +267,7 @@ class AutonomyPlots(QWidget):
                 else:
                     p.setLabel("bottom", "s")
                 for name in ("left", "bottom"):
-                    _cheap_axis(p.getAxis(name))
+                    cheap_axis(p.getAxis(name))
                 if first is None:
                     first = p
                 else:
@@ -290,22 +282,7 @@ class AutonomyPlots(QWidget):
                     p.addItem(curve)
                     curve_list[i] = curve
                 self.joint_plots[i] = p
-
-    def _fit_joint_ranges(self, act: np.ndarray, state: np.ndarray) -> None:
-        """Each joint plot's y range covers its data with a margin, and changes only when the data
-        leaves it or fills less than a third of it: most refreshes redraw no axis."""
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN command column
-            lo = np.fmin(np.nanmin(act, axis=0), np.nanmin(state, axis=0))
-            hi = np.fmax(np.nanmax(act, axis=0), np.nanmax(state, axis=0))
-        span = np.maximum(hi - lo, MIN_Y_SPAN)
-        cur = self._y_ranges
-        cur_span = cur[:, 1] - cur[:, 0]
-        stale = ~(cur[:, 0] <= lo) | ~(cur[:, 1] >= hi) | (cur_span > 3 * span)
-        for i in np.flatnonzero(stale & np.isfinite(lo) & np.isfinite(hi)).tolist():
-            mid, half = 0.5 * (lo[i] + hi[i]), 0.5 * span[i] * 1.3
-            cur[i] = (mid - half, mid + half)
-            self.joint_plots[i].setYRange(cur[i, 0], cur[i, 1], padding=0)
+        self._ranges = StableRanges(self.joint_plots, MIN_Y_SPAN)
 
     # -- showing -------------------------------------------------------------------------------
     def clear(self) -> None:
@@ -319,7 +296,7 @@ class AutonomyPlots(QWidget):
                   *self.commanded):
             c.setData([], [])
         self.hist_curve.setData([0, 1], [0])
-        self._y_ranges[:] = np.nan
+        self._ranges.reset()
         self._overlap_key = self._latency_key = None
         self.prefix_region.setVisible(False)
         self.splice_line.setVisible(False)
@@ -365,7 +342,7 @@ class AutonomyPlots(QWidget):
         for i in range(layout.DIM):
             self.measured[i].setData(x, state[:, i])
             self.commanded[i].setData(x, act[:, i])
-        self._fit_joint_ranges(act, state)
+        self._ranges.fit(act, state)
 
     def _redraw_latency(self) -> None:
         if self._latency_key == self.chunks.version:

@@ -1,7 +1,8 @@
 """Live plots of the follower joints, commanded against measured, over the last few seconds.
 
 The control thread feeds every step into a JointHistory (a lock-guarded ring buffer; appending is
-a few array writes, so the loop is not slowed); the GUI thread redraws from a snapshot of it.
+a few array writes, so the loop is not slowed); the GUI thread redraws from a snapshot of it, on
+a fixed x axis and y ranges that move only when the data leaves them (app.qt.plotting).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from app.core.rig_session import StepRecord
 from app.qt import theme
+from app.qt.plotting import StableRanges, cheap_axis
 from drivers import layout
 
 
@@ -78,8 +80,8 @@ class JointPlots(QWidget):
         lay.addWidget(self.canvas)
 
         self.plots: list[pg.PlotItem] = [None] * layout.DIM  # type: ignore[list-item]
-        self.measured: list[pg.PlotDataItem] = [None] * layout.DIM  # type: ignore[list-item]
-        self.commanded: list[pg.PlotDataItem] = [None] * layout.DIM  # type: ignore[list-item]
+        self.measured: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
+        self.commanded: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
         names = (*layout.ARM_JOINTS, "gripper")
         small = QFont(self.font())
         small.setPointSize(7)
@@ -100,6 +102,8 @@ class JointPlots(QWidget):
                 plot.getViewBox().setLimits(minYRange=MIN_Y_SPAN)
                 plot.getAxis("left").setWidth(40)
                 plot.getAxis("left").setStyle(maxTextLevel=0, tickFont=small)
+                for name in ("left", "bottom"):
+                    cheap_axis(plot.getAxis(name))
                 if row < layout.JOINTS_PER_ARM - 1:
                     plot.getAxis("bottom").setStyle(showValues=False)
                 else:
@@ -109,11 +113,14 @@ class JointPlots(QWidget):
                 else:
                     plot.setXLink(first)
                 colour = theme.JOINT_COLOURS[row]
-                self.commanded[i] = plot.plot(
-                    pen=pg.mkPen(colour, width=1, style=Qt.PenStyle.DashLine), connect="finite",
-                    name="commanded")
-                self.measured[i] = plot.plot(pen=pg.mkPen(colour, width=2), name="measured")
+                # 1-px pens on bare curve items: a fraction of a wide PlotDataItem's cost
+                self.commanded[i] = pg.PlotCurveItem(
+                    pen=pg.mkPen(colour, width=1, style=Qt.PenStyle.DashLine), connect="finite")
+                self.measured[i] = pg.PlotCurveItem(pen=pg.mkPen(colour, width=1))
+                plot.addItem(self.commanded[i])
+                plot.addItem(self.measured[i])
                 self.plots[i] = plot
+        self.ranges = StableRanges(self.plots, MIN_Y_SPAN)
 
     def refresh(self) -> bool:
         """Redraw from the history; returns False when there is nothing to draw yet."""
@@ -121,6 +128,7 @@ class JointPlots(QWidget):
         if len(t) < 2:
             return False
         x = t - t[-1]
+        self.ranges.fit(measured, commanded)
         for i in range(layout.DIM):
             self.measured[i].setData(x, measured[:, i], skipFiniteCheck=True)
             self.commanded[i].setData(x, commanded[:, i], connect="finite")

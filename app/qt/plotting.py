@@ -1,0 +1,50 @@
+"""What keeps live pyqtgraph plots cheap on the GUI thread, shared by every live plot panel.
+
+A plot's repaint cost is dominated by its axes (tick labels re-laid out and redrawn) when its range
+moves, not by its curves: ranges that change only when the data leaves them, axes cached as
+pixmaps, thin pens and bare curve items keep a refresh of 14 joint plots to a few ms.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtWidgets import QGraphicsItem
+
+
+def cheap_axis(axis: pg.AxisItem) -> None:
+    """An axis replays its tick labels on every repaint of its plot (its grid lines span the
+    view): cached as a pixmap, a refresh that leaves the ticks alone blits it instead; and no
+    SI-prefix relabelling on every range change."""
+    axis.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+    axis.enableAutoSIPrefix(False)
+
+
+class StableRanges:
+    """Y ranges of a row of plots that cover their data with a margin and change only when the data
+    leaves them or fills less than a third of them: most refreshes redraw no axis."""
+
+    def __init__(self, plots: list[pg.PlotItem], min_span: float):
+        self.plots = plots
+        self.min_span = min_span
+        self.ranges = np.full((len(plots), 2), np.nan)
+
+    def reset(self) -> None:
+        self.ranges[:] = np.nan
+
+    def fit(self, *columns: np.ndarray) -> None:
+        """columns: (N, len(plots)) arrays (NaN allowed); plot i covers column i of all of them."""
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column
+            lo = np.nanmin([np.nanmin(c, axis=0) for c in columns], axis=0)
+            hi = np.nanmax([np.nanmax(c, axis=0) for c in columns], axis=0)
+        span = np.maximum(hi - lo, self.min_span)
+        cur = self.ranges
+        cur_span = cur[:, 1] - cur[:, 0]
+        stale = ~(cur[:, 0] <= lo) | ~(cur[:, 1] >= hi) | (cur_span > 3 * span)
+        for i in np.flatnonzero(stale & np.isfinite(lo) & np.isfinite(hi)).tolist():
+            mid, half = 0.5 * (lo[i] + hi[i]), 0.5 * span[i] * 1.3
+            cur[i] = (mid - half, mid + half)
+            self.plots[i].setYRange(cur[i, 0], cur[i, 1], padding=0)
