@@ -1,6 +1,7 @@
 """Where a chunk policy comes from, for every way of running autonomy (the app's Autonomy tab,
-`main.py run`): an XR0 checkpoint loaded in this process or a policy server at tcp://HOST:PORT,
-and which rig cameras it sees. Mismatches (joint layout, cameras) are refused here, before the
+`main.py run`): an XR0 checkpoint loaded in this process or in a local policy server process of
+its own (app.core.policy_process), or a policy server at tcp://HOST:PORT, and which rig cameras it
+sees. Mismatches (joint layout, cameras) are refused here, before the
 rig moves."""
 
 from __future__ import annotations
@@ -8,9 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def load_chunk_policy(spec: str, token: str | None = None, instruction: str = ""):
-    """The ChunkPolicy behind a policy spec: a checkpoint folder (XR0 in this process) or
-    tcp://HOST:PORT (a policy server, with its shared token)."""
+def load_chunk_policy(spec: str, token: str | None = None, instruction: str = "", *,
+                      process: bool = False):
+    """The ChunkPolicy behind a policy spec: a checkpoint folder (XR0 in this process, or with
+    process=True in a local policy server started for it: a LocalPolicy whose shutdown() stops
+    that server) or tcp://HOST:PORT (a policy server, with its shared token).
+
+    A process of its own suits a process that is busy besides (the app: GUI, control loop,
+    physics): there the model's thousands of small torch ops wait on the GIL and its threads on
+    the cores. Stepping runs, which wait for each chunk anyway, keep it in this process."""
     from drivers import layout
 
     if spec.startswith("tcp://"):
@@ -24,6 +31,10 @@ def load_chunk_policy(spec: str, token: str | None = None, instruction: str = ""
     if not Path(spec).is_dir():
         raise ValueError(f"--policy {spec}: no such checkpoint folder; give 'scripted', a "
                          f"checkpoint folder (from `main.py train`) or tcp://HOST:PORT")
+    if process:
+        from app.core.policy_process import serve_checkpoint
+
+        return serve_checkpoint(spec, instruction, joint_names=list(layout.NAMES))
     from xr0.policy import XR0Policy
 
     policy = XR0Policy.from_checkpoint(spec)
