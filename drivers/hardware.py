@@ -5,6 +5,10 @@ thread per bus. Followers are never left with torque on after a failure: a conne
 halfway torques off what it enabled, disconnect is idempotent and reaches every arm even when one
 fails, a servo fault drops that arm's torque, and other exceptions in read/command leave the
 followers holding their pose.
+
+Servo health (temperature, hardware-error status) is read in the read path, one arm's one-byte
+field per tick at most, so that each arm is read about once per `health_period_s`
+(drivers.dynamixel.health); `health()` returns the latest readings from any thread.
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ from drivers import layout
 from drivers.clock import now
 from drivers.config import ArmConfig, RigConfig
 from drivers.dynamixel.arm import DynamixelArm, FollowerArm, LeaderArm
+from drivers.dynamixel.health import HealthMonitor, Snapshot
 from drivers.errors import ConfigError, ConnectionFailed, ServoFault
 from drivers.rig import Rig, RigState
 
 
 class HardwareRig(Rig):
     def __init__(self, config: RigConfig, *, parallel: bool = True,
-                 read_velocity_current: bool = False, latency_timer_ms: float = 16.0):
+                 read_velocity_current: bool = False, latency_timer_ms: float = 16.0,
+                 health_period_s: float | None = 1.0):
         super().__init__(config)
         self.parallel = parallel
         self.read_velocity_current = read_velocity_current
@@ -46,6 +52,8 @@ class HardwareRig(Rig):
                 self.leaders[side] = LeaderArm(arm, self._calibration_path(arm),
                                                latency_timer_ms=latency_timer_ms)
         self._pool: ThreadPoolExecutor | None = None
+        self._health = HealthMonitor(self.arms, health_period_s or 1.0)
+        self.health_reads = health_period_s is not None  # False: no periodic health reads
         self._connected = False
         self.fault: ServoFault | None = None  # set by a servo fault; cleared by a new connect
 
@@ -82,6 +90,7 @@ class HardwareRig(Rig):
         if self.parallel:
             self._pool = ThreadPoolExecutor(max_workers=len(self.arms),
                                             thread_name_prefix="rig-bus")
+        self._health.start()
         self._connected = True
         self.fault = None
         self._estopped.clear()
@@ -150,14 +159,17 @@ class HardwareRig(Rig):
         self._require()
         followers = [self.followers[s] for s in layout.SIDES]
         leaders = [self.leaders[s] for s in layout.SIDES] if self.leaders else []
-        if self.read_velocity_current:
-            def read_arm(arm):
-                if isinstance(arm, FollowerArm):
-                    return arm.read_state(velocity=True, current=True)
-                return {"position": arm.read()}
-        else:
-            def read_arm(arm):
-                return {"position": arm.read()}
+        vc = self.read_velocity_current
+        job = self._health.due(now()) if self.health_reads else None
+
+        def read_arm(arm):
+            if vc and isinstance(arm, FollowerArm):
+                out = arm.read_state(velocity=True, current=True)
+            else:
+                out = {"position": arm.read()}
+            if job is not None and job[0] == arm.name:
+                self._health.read(*job)  # after the position: never delays it
+            return out
         try:
             out = self._each(followers + leaders, read_arm)
         except ServoFault as e:
@@ -176,6 +188,10 @@ class HardwareRig(Rig):
         """A servo fault: that arm has dropped its torque (FollowerArm does it); the rest hold and
         commands are refused until the rig is connected again."""
         self.fault = e
+        arm = getattr(e, "bus", None)
+        self._health.record_fault(arm, getattr(e, "servo_id", None), getattr(e, "bits", None))
+        if arm in self._health.arms and self._health.arms[arm].bus.is_open:
+            self._health.refresh(arm)  # every servo of that arm: more than one may be faulted
         try:
             self.hold()
         except Exception:
@@ -219,6 +235,11 @@ class HardwareRig(Rig):
         lo = layout.join(self.followers["left"].lower, self.followers["right"].lower)
         hi = layout.join(self.followers["left"].upper, self.followers["right"].upper)
         return lo, hi
+
+    def health(self) -> Snapshot:
+        """{arm name: {joint name: ServoHealth}}: the latest temperature and hardware-error
+        readings of every servo (None before the first read). Thread-safe, no bus traffic."""
+        return self._health.snapshot()
 
     def bus_stats(self) -> list[dict]:
         """Per-bus read latency (p50/p99/max ms), retries and failures."""

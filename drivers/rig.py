@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import abc
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -144,6 +146,12 @@ class Rig(abc.ABC):
     @abc.abstractmethod
     def limits(self) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) 14-d joint limits of the followers."""
+
+    def health(self) -> Mapping[str, Mapping[str, Any]]:
+        """Servo health, {arm name: {joint name: readings}} (on hardware, ServoHealth from
+        drivers.dynamixel.health: temperature, Temperature_Limit, hardware errors with their
+        fix). Thread-safe and free of bus traffic. Empty for a rig without servos (the sim)."""
+        return {}
 
     # -- cameras ---------------------------------------------------------------------------
     def frames(self, max_age_s: float | None = None) -> dict[str, Frame]:

@@ -135,6 +135,17 @@ def test_hardware_error_names_servo_and_fault(emu, bus):
         bus.read("Present_Position", 6)
 
 
+def test_health_read_tolerates_the_alert_and_returns_the_bits(emu, bus):
+    emu.hardware_error(4, 0x20 | 0x04)
+    emu.set(2, "Present_Temperature", 71)
+    with pytest.raises(ServoFault):
+        bus.sync_read(("Hardware_Error_Status",))
+    bits = bus.sync_read(("Hardware_Error_Status",), alert_ok=True)["Hardware_Error_Status"]
+    assert bits == {i: (0x24 if i == 4 else 0) for i in IDS}
+    temps = bus.sync_read(("Present_Temperature",), alert_ok=True)["Present_Temperature"]
+    assert temps[2] == 71 and temps[1] == 32
+
+
 def test_eeprom_write_with_torque_on_is_explained(emu, bus):
     bus.write("Torque_Enable", 1, 1)
     with pytest.raises(RigError, match="torque off first"):

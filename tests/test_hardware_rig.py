@@ -149,3 +149,83 @@ def test_followers_only_rig(erig):
     with HardwareRig(dataclasses.replace(erig.config, arms=arms)) as rig:
         st = rig.read()
         assert not rig.has_leaders and st.leader is None
+
+
+def _run_ticks(rig, seconds: float) -> dict:
+    """A 50 Hz loop of rig.read() on absolute deadlines, as the control thread runs it."""
+    from drivers.clock import Ticker
+
+    ticker, reads, per_tick = Ticker(50), [], []
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        ticker.wait()
+        n0, t0 = rig._health.reads, time.monotonic()
+        rig.read()
+        reads.append(time.monotonic() - t0)
+        per_tick.append(rig._health.reads - n0)
+    return {"ticks": len(reads), "read_p50_ms": float(np.percentile(reads, 50)) * 1e3,
+            "missed": ticker.missed, "health_reads": sum(per_tick), "most_in_a_tick":
+            max(per_tick)}
+
+
+def test_servo_health_reaches_the_rig_within_two_seconds(erig):
+    with HardwareRig(erig.config) as rig:
+        h = rig.health()
+        assert set(h) == {a.name for a in erig.config.arms}
+        elbow = h["left_follower"]["elbow"]
+        assert (elbow.temperature_c, elbow.limit_c, elbow.error_bits) == (32, 80, 0)
+        assert not elbow.hot and not elbow.faulty and elbow.describe() == ""
+        erig.emulators["left_follower"].set(4, "Present_Temperature", 74)
+        erig.emulators["right_leader"].set(1, "Present_Temperature", 45)
+        t0 = time.monotonic()
+        deadline = t0 + 2.0
+        while time.monotonic() < deadline:
+            rig.read()
+            h = rig.health()
+            if (h["left_follower"]["elbow"].temperature_c == 74
+                    and h["right_leader"]["waist"].temperature_c == 45):
+                break
+            time.sleep(0.02)
+        elbow = h["left_follower"]["elbow"]
+        assert elbow.temperature_c == 74, f"not read within 2 s: {elbow}"
+        assert h["right_leader"]["waist"].temperature_c == 45
+        # 74 °C is within the 10 °C margin of the 80 °C Temperature_Limit: a warning
+        assert elbow.hot and not h["right_leader"]["waist"].hot
+        assert "74 °C, near its limit of 80 °C" in elbow.describe()
+        assert elbow.as_dict()["hot"] is True
+        assert h["left_follower"]["waist"].temperature_c == 32
+
+
+def test_servo_fault_shows_in_health_with_the_fix(erig):
+    with HardwareRig(erig.config) as rig:
+        rig.read()
+        erig.emulators["right_follower"].hardware_error(4, 0x20)
+        erig.emulators["right_follower"].hardware_error(6, 0x04)
+        with pytest.raises(ServoFault):
+            rig.read()
+        h = rig.health()["right_follower"]
+        assert h["elbow"].faulty and h["elbow"].errors == [ct.decode_hardware_error(0x20)[0]]
+        assert h["forearm_roll"].errors[0][0] == "overheating"
+        assert "reports overload: remove the load" in h["elbow"].describe()
+        assert h["elbow"].as_dict()["errors"][0]["fault"] == "overload"
+        assert not h["waist"].faulty and not any(s.faulty for s in rig.health()["left_follower"]
+                                                 .values())
+    assert all_off(erig)
+    # the readings stay after disconnect (what the panel shows after the loop stopped)
+    assert rig.health()["right_follower"]["elbow"].faulty
+
+
+def test_health_reads_one_arm_per_tick_and_leave_the_loop_period_alone(erig):
+    """Loosely: with the health reads on, no tick does more than one, about 8 happen per second
+    (4 arms x 2 fields at 1 Hz per arm), and the loop keeps its rate and its typical read time."""
+    with HardwareRig(erig.config, health_period_s=None) as rig:
+        off = _run_ticks(rig, 2.0)
+    with HardwareRig(erig.config) as rig:
+        on = _run_ticks(rig, 2.0)
+    assert off["health_reads"] == 0
+    assert on["most_in_a_tick"] == 1, on
+    assert 12 <= on["health_reads"] <= 18, on  # 2 s at 8 per second
+    for run in (off, on):
+        assert run["ticks"] >= 0.9 * 100 and run["missed"] <= 3, (off, on)
+    # a health read is one ~1 ms sync read on one bus in one tick of ~6
+    assert on["read_p50_ms"] < off["read_p50_ms"] + 2.0, (off, on)

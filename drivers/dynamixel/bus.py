@@ -267,9 +267,12 @@ class DynamixelBus:
 
     # -- group traffic -----------------------------------------------------------------------
     def sync_read(self, fields: Iterable[str] = ("Present_Position",),
-                  ids: Sequence[int] | None = None) -> dict[str, dict[int, int]]:
+                  ids: Sequence[int] | None = None, *,
+                  alert_ok: bool = False) -> dict[str, dict[int, int]]:
         """One Sync Read covering the fields (contiguous block: 126..135 gives current, velocity
-        and position at once). Returns {field: {id: value}}."""
+        and position at once). Returns {field: {id: value}}. A status flagged with the
+        hardware-alert bit raises ServoFault, unless `alert_ok` (health reads, which want the
+        values of a faulted servo)."""
         fs = [ct.FIELDS[n] for n in fields]
         start = min(f.address for f in fs)
         length = max(f.address + f.size for f in fs) - start
@@ -295,9 +298,10 @@ class DynamixelBus:
                 self.latency.failures += 1
                 silent = [i for i in ids if self.ping(i, tries=1) is None]
                 raise self._not_answering(silent or list(ids), "a sync read", sync=not silent)
-        errors = {i: err for i, (err, _) in data.items() if err}
+        errors = {i: err & ~ct.ERR_ALERT if alert_ok else err for i, (err, _) in data.items()}
         for i, err in errors.items():
-            self._check_error(i, err, "a sync read")
+            if err:
+                self._check_error(i, err, "a sync read")
         return {f.name: {i: ct.decode(f, raw, f.address - start) for i, (_, raw) in data.items()}
                 for f in fs}
 
