@@ -18,6 +18,7 @@ from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.core.rig_session import RigSession
+from app.qt import theme
 from app.qt.main_window import AUTO_ENGAGE_KEY, MainWindow
 from drivers import layout
 from drivers.config import load_rig_config
@@ -64,6 +65,7 @@ def test_rig_window_live_teleop_estop_and_close(qtbot, isolated_settings, sim_co
     # Live: every camera view shows frames, the joint readouts and plots fill in.
     qtbot.waitUntil(_live(w), timeout=30_000)
     assert set(panel.cameras) == {c.name for c in sim_config.cameras}
+    assert panel.servos is None and panel.sections.count() == 1  # the sim rig has no servos
     seqs = {n: v.seq for n, v in panel.cameras.items()}
     leader_before = panel.joints.value(1, "left leader")
     qtbot.waitUntil(lambda: all(v.seq >= seqs[n] + 3 for n, v in panel.cameras.items()),
@@ -219,8 +221,22 @@ def test_hardware_rig_never_auto_engages_and_estop_drops_torque(qtbot, isolated_
         qtbot.mouseClick(w.estop.release_button, Qt.MouseButton.LeftButton)
         assert not session.rig.estopped and w.errors == []
 
-        # A servo fault ends the control loop: a dialog names the fault and what to do.
+        # Servo health: every servo's temperature; one near its limit is shown hot within ~2 s.
+        servos = w.rig_panel.servos
+        sections = w.rig_panel.sections
+        assert servos is not None and sections.tabText(sections.indexOf(servos)) == "Servos"
+        assert servos.cell(0, "right leader").text() == "32 °C"
         arm = er.config.arm("follower", "left")
+        er.emulators[arm.name].set(arm.joints[2].id, "Present_Temperature", 76)
+        qtbot.waitUntil(lambda: servos.cell(2, "left follower").text() == "76 °C hot",
+                        timeout=3_000)
+        hot = servos.cell(2, "left follower")
+        assert hot.background().color().name() == theme.WARN_AMBER
+        assert "near its limit of 80 °C" in hot.toolTip()
+        assert sections.tabText(sections.indexOf(servos)) == "Servos (1 hot)"
+        assert servos.cell(1, "left follower").background().style() == Qt.BrushStyle.NoBrush
+
+        # A servo fault ends the control loop: a dialog names the fault and what to do.
         er.emulators[arm.name].hardware_error(arm.joints[1].id)
         qtbot.waitUntil(lambda: bool(w.errors), timeout=5_000)
         assert "control loop stopped" in w.errors[0] and str(arm.joints[1].id) in w.errors[0]
@@ -229,6 +245,17 @@ def test_hardware_rig_never_auto_engages_and_estop_drops_torque(qtbot, isolated_
         assert boxes and "reopen the app" in boxes[0].text()
         qtbot.waitUntil(lambda: w.sb_session.text() == "stopped (error)", timeout=2_000)
         assert not any(any(er.torque()[a].values()) for a in followers)
+        # The servo table names the fault on that servo, with the fix in its tooltip.
+        for b in boxes:
+            b.close()
+        qtbot.waitUntil(lambda: "overload" in servos.cell(1, "left follower").text(),
+                        timeout=2_000)
+        faulted = servos.cell(1, "left follower")
+        assert faulted.background().color().name() == theme.ESTOP_RED
+        assert "reports overload: remove the load" in faulted.toolTip()
+        assert sections.tabText(sections.indexOf(servos)) == "Servos (1 fault, 1 hot)"
+        sections.setCurrentWidget(servos)
+        w.save_screenshots(tmp_path / "shots", tabs=["Rig"])
         w.close()
         assert not _control_threads()
 

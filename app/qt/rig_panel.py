@@ -2,15 +2,16 @@
 
 A view of a RigSession: `refresh()` (called from the main window's poll timer) reads the session's
 non-blocking getters and updates the widgets; the buttons call the session's operator actions.
-The side column is a tab widget of sections ("Joints" now); hardware rigs add their servo table
-there with `add_section()`.
+The side column is a tab widget of sections: "Joints", and on a rig with servos "Servos" (their
+temperature and hardware errors, from Rig.health(); the tab's title counts the hot and faulted
+ones, so they show from any section).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QFontDatabase
+from PySide6.QtGui import QColor, QFontDatabase
 from PySide6.QtWidgets import (
     QAbstractItemView, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QPushButton,
     QSplitter, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget,
@@ -20,6 +21,7 @@ from app.core.rig_session import RigSession, SessionStatus, StepRecord
 from app.qt import theme
 from app.qt.camera_view import CameraView
 from app.qt.joint_plots import JointHistory, JointPlots
+from app.qt.servo_table import ServoTable
 from drivers import layout
 from drivers.clock import now
 
@@ -175,6 +177,10 @@ class RigPanel(QWidget):
         self.joints = JointTable()
         self.sections = QTabWidget()
         self.sections.addTab(self.joints, "Joints")
+        self.servos: ServoTable | None = None
+        if session.rig.health():  # the sim rig has no servos: no section
+            self.servos = ServoTable(cfg)
+            self.add_section(self.servos, "Servos")
 
         side = QWidget()
         side_lay = QVBoxLayout(side)
@@ -238,6 +244,18 @@ class RigPanel(QWidget):
             self.plots.refresh()
         if st.running:
             self._refresh_cameras(st)
+        self._refresh_servos()  # also after the loop stopped: the fault that stopped it
+
+    def _refresh_servos(self) -> None:
+        if self.servos is None or not self.servos.show_health(self.session.rig.health()):
+            return
+        i = self.sections.indexOf(self.servos)
+        summary = self.servos.summary()
+        self.sections.setTabText(i, f"Servos ({summary})" if summary else "Servos")
+        colour = (theme.ESTOP_RED if self.servos.faulty else
+                  theme.WARN_AMBER if self.servos.hot else None)
+        self.sections.tabBar().setTabTextColor(
+            i, QColor(colour) if colour else self.sections.palette().windowText().color())
 
     def _show_task(self, info: dict, st: SessionStatus) -> None:
         if self.session.config.kind != "sim":
