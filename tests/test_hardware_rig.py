@@ -226,6 +226,6 @@ def test_health_reads_one_arm_per_tick_and_leave_the_loop_period_alone(erig):
     assert on["most_in_a_tick"] == 1, on
     assert 12 <= on["health_reads"] <= 18, on  # 2 s at 8 per second
     for run in (off, on):
-        assert run["ticks"] >= 0.9 * 100 and run["missed"] <= 3, (off, on)
+        assert run["ticks"] >= 0.9 * 100 and run["missed"] <= 5, (off, on)
     # a health read is one ~1 ms sync read on one bus in one tick of ~6
-    assert on["read_p50_ms"] < off["read_p50_ms"] + 2.0, (off, on)
+    assert on["read_p50_ms"] < off["read_p50_ms"] + 3.0, (off, on)
