@@ -315,8 +315,9 @@ def test_tab_runs_pauses_stops_reopens_and_estops(qtbot, isolated_settings, sim_
 
 def test_tab_loads_a_checkpoint_off_the_gui_thread(qtbot, isolated_settings, sim_config,
                                                    tmp_path):
-    """A real xr0-tiny checkpoint loads on a worker thread while the tab keeps polling; a policy
-    whose cameras the rig lacks is refused with the fix before anything moves."""
+    """A real xr0-tiny checkpoint loads on a worker thread (in a local policy server process)
+    while the tab keeps polling; a policy whose cameras the rig lacks is refused with the fix
+    before anything moves, and its server stops."""
     from PySide6.QtCore import Qt
     from test_autonomy_run import save_tiny_checkpoint
 
@@ -349,6 +350,9 @@ def test_tab_loads_a_checkpoint_off_the_gui_thread(qtbot, isolated_settings, sim
         assert gaps.max() < 0.25, f"the GUI thread stalled {gaps.max() * 1e3:.0f} ms"
         assert tab.state == "idle" and tab.run is None and tab.start_button.isEnabled()
         assert session.source is None  # nothing ever drove the followers
+        # the checkpoint was loaded by a local policy server process: stopped with the refusal
+        from test_policy_process import policy_servers
+        qtbot.waitUntil(lambda: not policy_servers(), timeout=5_000)
     finally:
         tab.shutdown()
         session.close()

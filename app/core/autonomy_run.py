@@ -20,6 +20,10 @@ where they are) and a fresh segment resumes the policy from the present state, r
 With a store the run is registered in its runs table (kind "autonomy", paths["run_dir"]), so
 `past_runs(store)` lists it and `load_segments(run_dir)` reopens its telemetry.
 
+The policy may run in a process of its own (app.core.policies.load_chunk_policy(process=True),
+what the app does with a checkpoint folder): close_policy (e.g. that LocalPolicy's shutdown) is
+called once when the run has stopped or failed, so its server ends with the run.
+
 A watcher thread (every 20 ms from start()) turns an e-stop, a runtime error (the policy raised,
 the delay does not fit in a chunk) or a dead control loop into "stopped"/"failed". All public
 methods are safe from any thread and never wait on inference (stop() waits at most ~0.5 s for a
@@ -86,10 +90,12 @@ class AutonomyRun:
     def __init__(self, session: RigSession, policy, *, strategy: str = "xr0", k: int = 15,
                  instruction: str = "", delay: int | str = "measured", store=None,
                  on_event: Callable[[dict], None] | None = None,
-                 run_dir: str | Path | None = None, policy_name: str = ""):
+                 run_dir: str | Path | None = None, policy_name: str = "",
+                 close_policy: Callable[[], None] | None = None):
         """delay: "measured" (the runtime measures the policy's own latency) or an int: an
         injected inference latency of that many control steps. run_dir: where the telemetry
-        goes (default: STORE/autonomy/run_ID with a store, else ~/xr0-runs/autonomy/TIME)."""
+        goes (default: STORE/autonomy/run_ID with a store, else ~/xr0-runs/autonomy/TIME).
+        close_policy: called once when the run ends (see release_policy)."""
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
         if not (delay == "measured" or (isinstance(delay, int) and delay >= 0)):
@@ -121,6 +127,8 @@ class AutonomyRun:
         self._segment = 0
         self._recording = None
         self._thread: threading.Thread | None = None
+        self._close_policy = close_policy
+        self._close_lock = threading.Lock()
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -213,6 +221,19 @@ class AutonomyRun:
         """Stop the policy; the followers hold. Idempotent."""
         self._halt("stopped", reason=reason)
 
+    def release_policy(self) -> None:
+        """Call close_policy once (e.g. stop the policy's server process). The watcher calls it
+        as the run ends; call it after stop() to wait until it is done (the app closing), or for
+        a run that never started. A second caller waits for the first."""
+        with self._close_lock:
+            fn, self._close_policy = self._close_policy, None
+            if fn is None:
+                return
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - the run has ended; say what went wrong
+                self._emit({"event": "error", "message": f"stopping the policy failed: {e}"})
+
     # -- internals -----------------------------------------------------------------------------
     def _config(self) -> RuntimeConfig:
         return RuntimeConfig(dt=self.dt, strategy=self.strategy, k=self.k)
@@ -254,6 +275,7 @@ class AutonomyRun:
         threading.Thread(target=self._warm_then_run, name="autonomy-warm-up", daemon=True).start()
         while not self._done.wait(self.POLL_S):
             self._watch()
+        self.release_policy()  # the run has ended: off the operator's thread
 
     def _warm_then_run(self) -> None:
         try:

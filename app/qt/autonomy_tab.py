@@ -5,8 +5,10 @@ Controls: the policy ("scripted" on the sim rig, a checkpoint folder, recent one
 server at tcp://HOST:PORT with its token), the instruction (with its history), the strategy and k;
 Start, Pause/Resume, Stop, Take over/Release. A run is an app.core.autonomy_run.AutonomyRun (Qt-
 free): loading a checkpoint takes seconds, so it happens on a worker thread; the run warms the
-policy up on its own thread. A ~30 Hz QTimer pulls the state, the run's events (queued by its
-threads) and the last 10 s of live telemetry into AutonomyPlots. "Past runs" lists the store's
+policy up on its own thread. A checkpoint runs in a local policy server process (app.core.
+policy_process; here it would wait on the GIL behind the GUI, control and physics threads). A
+~30 Hz QTimer pulls the state, the run's events (queued by its threads) and the last 10 s of live
+telemetry into AutonomyPlots. "Past runs" lists the store's
 autonomous runs, one row per policy segment, and reopens a segment's telemetry in the same plots
 (as does "Open file…" for telemetry saved by `main.py run --save`).
 """
@@ -24,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.autonomy_run import AutonomyRun, past_runs
+from app.core.policy_process import discard_policy
 from app.core.rig_session import RigSession
 from app.qt import theme
 from app.qt.autonomy_plots import AutonomyPlots, live_data
@@ -323,9 +326,14 @@ class AutonomyTab(QWidget):
 
         def load() -> None:
             try:
-                self._loaded = (self._load_policy(spec, token, instruction), None)
+                policy = self._load_policy(spec, token, instruction)
             except Exception as e:  # noqa: BLE001 - shown to the operator with the fix
                 self._loaded = (None, f"{type(e).__name__}: {e}" if not str(e) else str(e))
+                return
+            if self._cancel_load:  # stopped while loading, or the tab shut down
+                discard_policy(policy)
+                policy = None
+            self._loaded = (policy, None)
 
         self.reason.setText(f"loading {spec}…")
         self._loader = threading.Thread(target=load, name="policy-load", daemon=True)
@@ -340,8 +348,12 @@ class AutonomyTab(QWidget):
             return ScriptedChunkPolicy(self.session.rig)
         from app.core.policies import load_chunk_policy, policy_cameras
 
-        policy = load_chunk_policy(spec, token, instruction)
-        policy_cameras(self.session.config, policy)  # the rig must have the policy's cameras
+        policy = load_chunk_policy(spec, token, instruction, process=True)
+        try:
+            policy_cameras(self.session.config, policy)  # the rig must have the policy's cameras
+        except Exception:
+            discard_policy(policy)
+            raise
         return policy
 
     def _begin(self, policy) -> None:
@@ -350,9 +362,11 @@ class AutonomyTab(QWidget):
             run = AutonomyRun(self.session, policy, strategy=self.strategy.currentText(),
                               k=self.k.value(), instruction=self.instruction.currentText().strip(),
                               store=self.store, on_event=self.events.put,
-                              policy_name=self.policy.currentText().strip())
+                              policy_name=self.policy.currentText().strip(),
+                              close_policy=getattr(policy, "shutdown", None))
             run.start()
         except Exception as e:  # noqa: BLE001 - the message says what to change
+            discard_policy(policy)
             self.reason.setText("")
             self.error.emit("Cannot start autonomy", str(e) or type(e).__name__)
             return
@@ -388,11 +402,14 @@ class AutonomyTab(QWidget):
         self._show_state()
 
     def shutdown(self) -> None:
-        """The app closes: stop the policy (the followers hold), stop polling, close the store."""
+        """The app closes: stop the policy (the followers hold) and its server, the poll, the
+        store."""
         self._cancel_load = True
         self.timer.stop()
-        if self.run is not None and self.run.state not in ("stopped", "failed"):
-            self.run.stop("the app was closed")
+        if self.run is not None:
+            if self.run.state not in ("stopped", "failed"):
+                self.run.stop("the app was closed")
+            self.run.release_policy()  # waits for the server process to end
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -405,7 +422,10 @@ class AutonomyTab(QWidget):
             if err:
                 self.reason.setText("")
                 self.error.emit("Cannot load the policy", err)
-            elif not self._cancel_load:
+            elif self._cancel_load:
+                discard_policy(policy)
+                self.reason.setText("")
+            else:
                 self._begin(policy)
         self._drain_events()
         self._show_state()
@@ -480,3 +500,4 @@ class AutonomyTab(QWidget):
         self.takeover_button.setEnabled(leaders and state in ("running", "paused", "takeover"))
         self.takeover_button.setText("Release" if state == "takeover" else "Take over")
         self.live_button.setVisible(self.reviewing is not None and run is not None)
+
