@@ -72,7 +72,10 @@ def _config(args):
         changes["image_size"] = (h, w)
     if args.resume:
         saved = TrainConfig.from_dict(RunDir(args.out).read()["config"])
-        return saved.replace(**{k: v for k, v in changes.items() if k == "steps"})
+        # a resumed run keeps its recipe; only its length and how many checkpoints it keeps
+        # may change
+        return saved.replace(**{k: v for k, v in changes.items()
+                                if k in ("steps", "keep_checkpoints")})
     if "batch" in changes and "micro_batch" not in changes:
         changes["micro_batch"] = min(changes["batch"], train_preset(args.preset).micro_batch)
     return train_preset(args.preset, **changes)
