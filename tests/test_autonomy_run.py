@@ -355,6 +355,13 @@ def test_xr0_checkpoint_runs_on_the_realtime_sim(sim_config, sim_ckpt, tmp_path)
 
 # -- main.py run on an emulated Dynamixel rig ------------------------------------------------------
 
+def _cmdline(proc_dir: Path) -> str:
+    try:
+        return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def emulated_rig_toml(er, path: Path, recording: Path, spec) -> Path:
     from drivers.config import RIGS_DIR
 
@@ -416,6 +423,10 @@ def test_cli_run_on_a_hardware_rig_needs_yes_and_sigint_is_an_estop(tmp_path):
         assert ep["state"] == "stopped" and "e-stop" in ep["reason"] and ep["seed"] is None
         assert events[-1]["event"] == "estop"
         assert not any(on for arm in er.torque().values() for on in arm.values())
+    # the checkpoint ran in a local policy server process, which is gone with the run
+    servers = [d for d in Path("/proc").iterdir() if d.name.isdigit()
+               and _cmdline(d).count(str(ckpt)) and "serve" in _cmdline(d)]
+    assert not servers, [_cmdline(d) for d in servers]
     log = load_run(ep["telemetry"][0])
     assert log.meta["ended"] == "estop" and log.meta["rig"] == "aloha-template"
     assert len(log.step_index) > 10  # the policy's runtime was stepped by the control loop

@@ -142,6 +142,23 @@ def _injected_delay(args, dt: float) -> int | None:
 
 def run_realtime(args, cfg) -> int:
     """Episodes of AutonomyRun on a real-time RigSession (hardware, or the sim with --realtime)."""
+    sim = cfg.kind == "sim"
+    if args.policy == "scripted" and not sim:
+        raise ValueError("the scripted policy plans with the sim's scripted operator: give a "
+                         "checkpoint folder or tcp://HOST:PORT as --policy on a hardware rig")
+    # a checkpoint runs in a local policy server process: this one holds the control loop (and
+    # on the sim rig its physics), whose threads would make the model's ops wait on the GIL
+    policy = None if args.policy == "scripted" else load_chunk_policy(args.policy, args.token,
+                                                                      args.task, process=True)
+    try:
+        return _run_realtime(args, cfg, policy)
+    finally:
+        shutdown = getattr(policy, "shutdown", None)  # a local policy server stops with us
+        if shutdown is not None:
+            shutdown()
+
+
+def _run_realtime(args, cfg, policy) -> int:
     import dataclasses
     import signal
     import sys
@@ -152,11 +169,6 @@ def run_realtime(args, cfg) -> int:
     from drivers.config import SimConfig
 
     sim = cfg.kind == "sim"
-    if args.policy == "scripted" and not sim:
-        raise ValueError("the scripted policy plans with the sim's scripted operator: give a "
-                         "checkpoint folder or tcp://HOST:PORT as --policy on a hardware rig")
-    policy = None if args.policy == "scripted" else load_chunk_policy(args.policy, args.token,
-                                                                      args.task)
     changes = {"cameras": policy_cameras(cfg, policy)}
     if sim:
         s = dataclasses.replace(cfg.sim or SimConfig(), realtime=True, seed=args.seed)
