@@ -116,8 +116,11 @@ def test_remote_chunk_equals_local_in_process(ckpt, local):
 def test_main_py_serve_subprocess(ckpt, local):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    # as many torch threads as this process uses (other tests may have set it): a float sum split
+    # over another number of threads rounds differently, and the chunks must be equal
     proc = subprocess.Popen([sys.executable, "main.py", "serve", "--policy", str(ckpt),
-                             "--port", str(port), "--token", "s3cret", "--json"], cwd=ROOT,
+                             "--port", str(port), "--token", "s3cret", "--json",
+                             "--threads", str(torch.get_num_threads())], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         first = json.loads(proc.stdout.readline())
