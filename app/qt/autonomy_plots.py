@@ -22,15 +22,15 @@ import warnings
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
     QComboBox, QHBoxLayout, QLabel, QSpinBox, QSplitter, QVBoxLayout, QWidget,
 )
 
 from app.qt import theme
-from app.qt.plotting import StableRanges, cheap_axis
+from app.qt.plotting import StableRanges, cheap_axis, joint_grid
 from drivers import layout
 from xr0.runtime import RunLog, Telemetry
+from xr0.runtime.telemetry import chunk_arrays
 
 KEEP_ACTIONS = 256  # chunks whose actions stay available to the chunk chooser in a live run
 MAX_LATENCY_POINTS = 5000  # the latency plots show the newest this many inferences
@@ -48,21 +48,7 @@ def live_data(telemetry: Telemetry, steps: int) -> dict[str, np.ndarray]:
     horizon = int(telemetry.meta.get("H", 0))
     chunks = [c for c in telemetry.chunks()
               if c.arrival_step < 0 or c.request_step + max(horizon, 1) >= first]
-    h = max([len(c.actions) for c in chunks if c.actions is not None] or [horizon])
-    acts = np.full((len(chunks), h, telemetry.dim), np.nan)
-    for i, c in enumerate(chunks):
-        if c.actions is not None:
-            acts[i, : len(c.actions)] = c.actions
-    data.update(
-        chunk_id=np.array([c.id for c in chunks], dtype=np.int64),
-        chunk_request=np.array([c.request_step for c in chunks], dtype=np.int64),
-        chunk_arrival=np.array([c.arrival_step for c in chunks], dtype=np.int64),
-        chunk_latency_ms=np.array([c.latency_ms for c in chunks], dtype=np.float64),
-        chunk_d=np.array([c.d for c in chunks], dtype=np.int64),
-        chunk_prefix=np.array([c.prefix_length for c in chunks], dtype=np.int64),
-        chunk_late=np.array([c.late for c in chunks], dtype=bool),
-        chunk_actions=acts,
-    )
+    data.update(chunk_arrays(chunks, telemetry.dim, horizon))
     return data
 
 
@@ -245,43 +231,22 @@ class AutonomyPlots(QWidget):
     def _build_joints(self) -> None:
         self.joints_canvas = self._canvas()
         names = (*layout.ARM_JOINTS, "gripper")
-        self.joint_plots: list[pg.PlotItem] = [None] * layout.DIM  # type: ignore[list-item]
         self.measured: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
         self.commanded: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
-        small = QFont(self.font())
-        small.setPointSize(7)
-        first = None
-        for col, side in enumerate(layout.SIDES):
-            sl = layout.arm_slice(side)
-            for row, i in enumerate(range(sl.start, sl.stop)):
-                p = self.joints_canvas.addPlot(row=row, col=col)
-                p.setTitle(f"{side} {names[row]}", size="7pt", color="#333")
-                p.setMenuEnabled(False)
-                p.hideButtons()
-                p.setMouseEnabled(x=False, y=False)
-                p.getAxis("left").setWidth(44)
-                p.getAxis("left").setStyle(maxTextLevel=0, tickFont=small)
-                p.enableAutoRange(y=False)
-                if row < layout.JOINTS_PER_ARM - 1:
-                    p.hideAxis("bottom")  # one time axis per column: the x axes are linked
-                else:
-                    p.setLabel("bottom", "s")
-                for name in ("left", "bottom"):
-                    cheap_axis(p.getAxis(name))
-                if first is None:
-                    first = p
-                else:
-                    p.setXLink(first)
-                colour = theme.JOINT_COLOURS[row]
-                # thin pens (a 1-px line draws several times faster than a wide one) on bare
-                # curve items (a fraction of PlotDataItem's cost per setData)
-                for curve_list, pen in (
-                        (self.commanded, pg.mkPen(colour, width=1, style=Qt.PenStyle.DashLine)),
-                        (self.measured, pg.mkPen(colour, width=1))):
-                    curve = pg.PlotCurveItem(pen=pen, connect="finite")
-                    p.addItem(curve)
-                    curve_list[i] = curve
-                self.joint_plots[i] = p
+        self.joint_plots = joint_grid(self.joints_canvas,
+                                      lambda i, side, row: f"{side} {names[row]}",
+                                      left_width=44, min_span=MIN_Y_SPAN)
+        for i, p in enumerate(self.joint_plots):
+            p.enableAutoRange(y=False)
+            colour = theme.JOINT_COLOURS[i % layout.JOINTS_PER_ARM]
+            # thin pens (a 1-px line draws several times faster than a wide one) on bare
+            # curve items (a fraction of PlotDataItem's cost per setData)
+            for curve_list, pen in (
+                    (self.commanded, pg.mkPen(colour, width=1, style=Qt.PenStyle.DashLine)),
+                    (self.measured, pg.mkPen(colour, width=1))):
+                curve = pg.PlotCurveItem(pen=pen, connect="finite")
+                p.addItem(curve)
+                curve_list[i] = curve
         self._ranges = StableRanges(self.joint_plots, MIN_Y_SPAN)
 
     # -- showing -------------------------------------------------------------------------------

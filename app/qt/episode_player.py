@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 from app.qt import theme
 from app.qt.camera_view import CameraView, rgb_to_qimage
 from app.qt.joint_plots import MIN_Y_SPAN
+from app.qt.plotting import joint_grid
 from drivers import layout
 from drivers.clock import now
 from store import EpisodeData
@@ -144,42 +145,21 @@ class EpisodePlots(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)
-        self.plots: list[pg.PlotItem] = []
         self.follower: list[pg.PlotDataItem] = []
         self.action: list[pg.PlotDataItem] = []
         self.cursors: list[pg.InfiniteLine] = []
         self.empty = True  # nothing plotted
         names = (*layout.ARM_JOINTS, "gripper")
-        first = None
-        for i in range(layout.DIM):
-            side, row = layout.SIDES[i // layout.JOINTS_PER_ARM], i % layout.JOINTS_PER_ARM
-            plot = self.canvas.addPlot(row=row, col=i // layout.JOINTS_PER_ARM)
-            plot.setTitle(f"{side} {names[row]}", size="7pt", color="#333")
-            plot.setMenuEnabled(False)
-            plot.setMouseEnabled(x=False, y=False)
-            plot.hideButtons()
-            plot.showGrid(x=True, y=True, alpha=0.25)
-            # a still joint shows as a flat line, not as magnified sensor noise
-            plot.getViewBox().setLimits(minYRange=MIN_Y_SPAN)
-            plot.getAxis("left").setWidth(36)
-            for axis in ("left", "bottom"):  # fixed units: no relabelling at every range change
-                plot.getAxis(axis).enableAutoSIPrefix(False)
-            if row < layout.JOINTS_PER_ARM - 1:
-                plot.getAxis("bottom").setStyle(showValues=False)
-            else:
-                plot.setLabel("bottom", "s")
-            if first is None:
-                first = plot
-            else:
-                plot.setXLink(first)
-            colour = theme.JOINT_COLOURS[row]
+        self.plots = joint_grid(self.canvas, lambda i, side, row: f"{side} {names[row]}",
+                                left_width=36, min_span=MIN_Y_SPAN)
+        for i, plot in enumerate(self.plots):
+            colour = theme.JOINT_COLOURS[i % layout.JOINTS_PER_ARM]
             self.action.append(plot.plot(
                 pen=pg.mkPen(colour, width=1, style=Qt.PenStyle.DashLine), name="action"))
             self.follower.append(plot.plot(pen=pg.mkPen(colour, width=2), name="follower"))
             cursor = pg.InfiniteLine(pos=0.0, angle=90, pen=pg.mkPen("#c62828", width=1))
             plot.addItem(cursor)
             self.cursors.append(cursor)
-            self.plots.append(plot)
 
     def show_episode(self, x: np.ndarray | None, follower: np.ndarray | None,
                      action: np.ndarray | None) -> None:

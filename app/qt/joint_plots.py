@@ -12,12 +12,11 @@ import threading
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from app.core.rig_session import StepRecord
 from app.qt import theme
-from app.qt.plotting import StableRanges, cheap_axis
+from app.qt.plotting import StableRanges, joint_grid
 from drivers import layout
 
 
@@ -79,47 +78,26 @@ class JointPlots(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)
 
-        self.plots: list[pg.PlotItem] = [None] * layout.DIM  # type: ignore[list-item]
         self.measured: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
         self.commanded: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
         names = (*layout.ARM_JOINTS, "gripper")
-        small = QFont(self.font())
-        small.setPointSize(7)
-        first = None
-        for col, side in enumerate(layout.SIDES):
-            sl = layout.arm_slice(side)
-            for row, i in enumerate(range(sl.start, sl.stop)):
-                unit = "0..1" if layout.IS_GRIPPER[i] else "rad"
-                title = f"{side} {names[row]} ({unit})" if row else f"{side.upper()} ARM — {names[row]} ({unit})"
-                plot = self.canvas.addPlot(row=row, col=col)
-                plot.setTitle(title, size="8pt", color="#333")
-                plot.setMenuEnabled(False)
-                plot.setMouseEnabled(x=False, y=False)
-                plot.hideButtons()
-                plot.showGrid(x=True, y=True, alpha=0.25)
-                plot.setXRange(-seconds, 0, padding=0)
-                # a still joint shows as a flat line, not as magnified sensor noise
-                plot.getViewBox().setLimits(minYRange=MIN_Y_SPAN)
-                plot.getAxis("left").setWidth(40)
-                plot.getAxis("left").setStyle(maxTextLevel=0, tickFont=small)
-                for name in ("left", "bottom"):
-                    cheap_axis(plot.getAxis(name))
-                if row < layout.JOINTS_PER_ARM - 1:
-                    plot.getAxis("bottom").setStyle(showValues=False)
-                else:
-                    plot.setLabel("bottom", "s")
-                if first is None:
-                    first = plot
-                else:
-                    plot.setXLink(first)
-                colour = theme.JOINT_COLOURS[row]
-                # 1-px pens on bare curve items: a fraction of a wide PlotDataItem's cost
-                self.commanded[i] = pg.PlotCurveItem(
-                    pen=pg.mkPen(colour, width=1, style=Qt.PenStyle.DashLine), connect="finite")
-                self.measured[i] = pg.PlotCurveItem(pen=pg.mkPen(colour, width=1))
-                plot.addItem(self.commanded[i])
-                plot.addItem(self.measured[i])
-                self.plots[i] = plot
+
+        def title(i: int, side: str, row: int) -> str:
+            unit = "0..1" if layout.IS_GRIPPER[i] else "rad"
+            return (f"{side} {names[row]} ({unit})" if row
+                    else f"{side.upper()} ARM — {names[row]} ({unit})")
+
+        self.plots = joint_grid(self.canvas, title, left_width=40, title_size="8pt",
+                                min_span=MIN_Y_SPAN)
+        for i, plot in enumerate(self.plots):
+            plot.setXRange(-seconds, 0, padding=0)
+            colour = theme.JOINT_COLOURS[i % layout.JOINTS_PER_ARM]
+            # 1-px pens on bare curve items: a fraction of a wide PlotDataItem's cost
+            self.commanded[i] = pg.PlotCurveItem(
+                pen=pg.mkPen(colour, width=1, style=Qt.PenStyle.DashLine), connect="finite")
+            self.measured[i] = pg.PlotCurveItem(pen=pg.mkPen(colour, width=1))
+            plot.addItem(self.commanded[i])
+            plot.addItem(self.measured[i])
         self.ranges = StableRanges(self.plots, MIN_Y_SPAN)
 
     def refresh(self) -> bool:

@@ -48,3 +48,43 @@ class StableRanges:
             mid, half = 0.5 * (lo[i] + hi[i]), 0.5 * span[i] * 1.3
             cur[i] = (mid - half, mid + half)
             self.plots[i].setYRange(cur[i, 0], cur[i, 1], padding=0)
+
+
+def joint_grid(canvas: pg.GraphicsLayoutWidget, title, left_width: int = 40,
+               title_size: str = "7pt", min_span: float = 0.1) -> list[pg.PlotItem]:
+    """The 14 joint plots in layout order on `canvas`: rows waist .. gripper, one column per arm,
+    x axes linked with only the bottom row's labelled (in s), small fixed cached axes, no mouse,
+    menu or buttons, and a smallest y span (a still joint is a flat line, not magnified noise).
+    title(i, side, row) gives each plot's title."""
+    from PySide6.QtGui import QFont
+
+    from drivers import layout
+
+    small = QFont(canvas.font())
+    small.setPointSize(7)
+    plots: list[pg.PlotItem] = [None] * layout.DIM  # type: ignore[list-item]
+    first = None
+    for col, side in enumerate(layout.SIDES):
+        sl = layout.arm_slice(side)
+        for row, i in enumerate(range(sl.start, sl.stop)):
+            plot = canvas.addPlot(row=row, col=col)
+            plot.setTitle(title(i, side, row), size=title_size, color="#333")
+            plot.setMenuEnabled(False)
+            plot.setMouseEnabled(x=False, y=False)
+            plot.hideButtons()
+            plot.showGrid(x=True, y=True, alpha=0.25)
+            plot.getViewBox().setLimits(minYRange=min_span)
+            plot.getAxis("left").setWidth(left_width)
+            plot.getAxis("left").setStyle(maxTextLevel=0, tickFont=small)
+            if row < layout.JOINTS_PER_ARM - 1:
+                plot.getAxis("bottom").setStyle(showValues=False)
+            else:
+                plot.setLabel("bottom", "s")
+            for name in ("left", "bottom"):
+                cheap_axis(plot.getAxis(name))
+            if first is None:
+                first = plot
+            else:
+                plot.setXLink(first)
+            plots[i] = plot
+    return plots

@@ -142,22 +142,7 @@ class Telemetry:
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = self.snapshot()
-        chunks = self.chunks()
-        h = max([len(c.actions) for c in chunks if c.actions is not None] or [0])
-        acts = np.full((len(chunks), h, self.dim), np.nan)
-        for i, c in enumerate(chunks):
-            if c.actions is not None:
-                acts[i, : len(c.actions)] = c.actions
-        out.update(
-            chunk_id=np.array([c.id for c in chunks], dtype=np.int64),
-            chunk_request=np.array([c.request_step for c in chunks], dtype=np.int64),
-            chunk_arrival=np.array([c.arrival_step for c in chunks], dtype=np.int64),
-            chunk_latency_ms=np.array([c.latency_ms for c in chunks], dtype=np.float64),
-            chunk_d=np.array([c.d for c in chunks], dtype=np.int64),
-            chunk_prefix=np.array([c.prefix_length for c in chunks], dtype=np.int64),
-            chunk_late=np.array([c.late for c in chunks], dtype=bool),
-            chunk_actions=acts,
-        )
+        out.update(chunk_arrays(self.chunks(), self.dim))
         return out
 
     def save(self, path: str | Path, **meta) -> Path:
@@ -172,6 +157,26 @@ class Telemetry:
                "meta": {**self.meta, **meta}}
         base.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
         return base.with_suffix(".npz")
+
+
+def chunk_arrays(chunks: list[ChunkRecord], dim: int, horizon: int = 0) -> dict[str, np.ndarray]:
+    """The per-chunk records as arrays (chunk_*; actions NaN-padded to the longest chunk, or to
+    `horizon` when no chunk has arrived), as a saved run holds them."""
+    h = max([len(c.actions) for c in chunks if c.actions is not None] or [horizon])
+    acts = np.full((len(chunks), h, dim), np.nan)
+    for i, c in enumerate(chunks):
+        if c.actions is not None:
+            acts[i, : len(c.actions)] = c.actions
+    return {
+        "chunk_id": np.array([c.id for c in chunks], dtype=np.int64),
+        "chunk_request": np.array([c.request_step for c in chunks], dtype=np.int64),
+        "chunk_arrival": np.array([c.arrival_step for c in chunks], dtype=np.int64),
+        "chunk_latency_ms": np.array([c.latency_ms for c in chunks], dtype=np.float64),
+        "chunk_d": np.array([c.d for c in chunks], dtype=np.int64),
+        "chunk_prefix": np.array([c.prefix_length for c in chunks], dtype=np.int64),
+        "chunk_late": np.array([c.late for c in chunks], dtype=bool),
+        "chunk_actions": acts,
+    }
 
 
 def load_run(path: str | Path) -> RunLog:
