@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QFontDatabase
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
-    QAbstractItemView, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QPushButton,
-    QSplitter, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget,
+    QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
+    QSplitter, QTableWidget, QTabWidget, QVBoxLayout, QWidget,
 )
 
 from app.core.rig_session import RigSession, SessionStatus, StepRecord
@@ -115,20 +115,8 @@ class JointTable(QTableWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(layout.JOINTS_PER_ARM, len(self.COLUMNS), parent)
-        self.setHorizontalHeaderLabels([c.replace(" ", "\n") for c in self.COLUMNS])
-        rows = [f"{j} rad" for j in layout.ARM_JOINTS] + ["gripper 0..1"]
-        self.setVerticalHeaderLabels(rows)
-        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
-        self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        for r in range(self.rowCount()):
-            for c in range(self.columnCount()):
-                item = QTableWidgetItem("—")
-                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                self.setItem(r, c, item)
+        theme.readout_table(self, self.COLUMNS,
+                            [f"{j} rad" for j in layout.ARM_JOINTS] + ["gripper 0..1"])
 
     def show_state(self, follower: np.ndarray, leader: np.ndarray | None) -> None:
         for c, (side, vec) in enumerate((("left", follower), ("left", leader),

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QBrush, QColor, QFontDatabase
+from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
-    QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget,
+    QTableWidget, QTableWidgetItem, QWidget,
 )
 
 from app.qt import theme
@@ -36,19 +35,7 @@ class ServoTable(QTableWidget):
             side, role = col.split()
             arm = config.arm(role, side)
             self.arm_names.append(arm.name if arm is not None else None)
-        self.setHorizontalHeaderLabels([c.replace(" ", "\n") for c in COLUMNS])
-        self.setVerticalHeaderLabels([*layout.ARM_JOINTS, "gripper"])
-        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
-        self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        for r in range(self.rowCount()):
-            for c in range(self.columnCount()):
-                item = QTableWidgetItem(NO_SERVO)
-                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                self.setItem(r, c, item)
+        theme.readout_table(self, COLUMNS, [*layout.ARM_JOINTS, "gripper"], NO_SERVO)
         self._shown: object = None
         self.hot = 0  # servos near their temperature limit, as last shown
         self.faulty = 0  # servos reporting hardware errors, as last shown

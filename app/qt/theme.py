@@ -30,3 +30,27 @@ def badge(colour: str) -> str:
     """Style sheet for a small coloured status label."""
     return (f"QLabel {{ background-color: {colour}; color: white; font-weight: bold; "
             f"border-radius: 4px; padding: 2px 8px; }}")
+
+
+def readout_table(table, columns, rows, blank: str = "—") -> None:
+    """A read-only grid of right-aligned fixed-width readouts (joint rows x arm columns): headers,
+    no editing, selection or focus, stretched sections, every cell `blank` until shown."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QFontDatabase
+    from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidgetItem
+
+    table.setRowCount(len(rows))
+    table.setColumnCount(len(columns))
+    table.setHorizontalHeaderLabels([c.replace(" ", "\n") for c in columns])
+    table.setVerticalHeaderLabels(list(rows))
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+    table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+    table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+    table.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+    for r in range(len(rows)):
+        for c in range(len(columns)):
+            item = QTableWidgetItem(blank)
+            item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            table.setItem(r, c, item)
