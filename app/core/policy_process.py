@@ -128,7 +128,8 @@ class LocalPolicyServer:
                 raise LocalServerError(
                     f"the policy server for {self.checkpoint} exited (code {code}) before "
                     f"serving:\n{self.stderr_tail() or '(no error output)'}\n\nCheck that the "
-                    f"folder is a checkpoint `main.py train` wrote (runs/N/checkpoint) and that "
+                    f"folder is a checkpoint `main.py train` wrote (RUN/checkpoints/step-N, or the "
+                    f"run folder) and that "
                     f"`python main.py serve --policy {self.checkpoint}` starts")
             if time.monotonic() > end:
                 self.close()
