@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.qt import theme
-from app.qt.plotting import StableRanges, cheap_axis, joint_grid
+from app.qt.plotting import StableRanges, canvas, cheap_axis, joint_grid
 from drivers import layout
 from xr0.runtime import RunLog, Telemetry
 from xr0.runtime.telemetry import chunk_arrays
@@ -125,7 +125,6 @@ def _small_plot(plot: pg.PlotItem, title: str) -> pg.PlotItem:
 class AutonomyPlots(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        pg.setConfigOptions(antialias=False)
         self.chunks = _Chunks()
         self.redraws = 0
         self.meta: dict = {}
@@ -176,14 +175,8 @@ class AutonomyPlots(QWidget):
         lay.addWidget(split, 1)
 
     # -- construction ------------------------------------------------------------------------
-    def _canvas(self) -> pg.GraphicsLayoutWidget:
-        c = pg.GraphicsLayoutWidget()
-        c.setBackground("w")
-        c.ci.setSpacing(2)
-        return c
-
     def _build_overlap(self) -> None:
-        self.overlap_canvas = self._canvas()
+        self.overlap_canvas = canvas()
         p = _small_plot(self.overlap_canvas.addPlot(), "chunk overlap")
         p.addLegend(offset=(-10, 10), labelTextSize="8pt")
         p.setLabel("bottom", "control step")
@@ -205,7 +198,7 @@ class AutonomyPlots(QWidget):
         self.overlap_plot = p
 
     def _build_latency(self) -> None:
-        self.latency_canvas = self._canvas()
+        self.latency_canvas = canvas()
         c = self.latency_canvas
         self.latency_plot = _small_plot(c.addPlot(row=0, col=0), "inference latency (ms)")
         self.latency_curve = self.latency_plot.plot(
@@ -229,7 +222,7 @@ class AutonomyPlots(QWidget):
                                               pen=pg.mkPen(NEW_COLOUR))
 
     def _build_joints(self) -> None:
-        self.joints_canvas = self._canvas()
+        self.joints_canvas = canvas()
         names = (*layout.ARM_JOINTS, "gripper")
         self.measured: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
         self.commanded: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]

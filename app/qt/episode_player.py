@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 from app.qt import theme
 from app.qt.camera_view import CameraView, rgb_to_qimage
 from app.qt.joint_plots import MIN_Y_SPAN
+from app.qt import plotting
 from app.qt.plotting import joint_grid
 from drivers import layout
 from drivers.clock import now
@@ -138,10 +139,7 @@ class EpisodePlots(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        pg.setConfigOptions(antialias=False)
-        self.canvas = pg.GraphicsLayoutWidget()
-        self.canvas.setBackground("w")
-        self.canvas.ci.setSpacing(2)
+        self.canvas = plotting.canvas()
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)

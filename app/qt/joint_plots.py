@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from app.core.rig_session import StepRecord
 from app.qt import theme
+from app.qt import plotting
 from app.qt.plotting import StableRanges, joint_grid
 from drivers import layout
 
@@ -70,10 +71,7 @@ class JointPlots(QWidget):
         self.history = history
         self.seconds = seconds
         self.redraws = 0
-        pg.setConfigOptions(antialias=False)
-        self.canvas = pg.GraphicsLayoutWidget()
-        self.canvas.setBackground("w")
-        self.canvas.ci.setSpacing(2)
+        self.canvas = plotting.canvas()
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)

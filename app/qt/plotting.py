@@ -14,6 +14,15 @@ import pyqtgraph as pg
 from PySide6.QtWidgets import QGraphicsItem
 
 
+def canvas() -> pg.GraphicsLayoutWidget:
+    """A white plot canvas with tight spacing, antialiasing off (a live plot's cheapest lines)."""
+    pg.setConfigOptions(antialias=False)
+    c = pg.GraphicsLayoutWidget()
+    c.setBackground("w")
+    c.ci.setSpacing(2)
+    return c
+
+
 def cheap_axis(axis: pg.AxisItem) -> None:
     """An axis replays its tick labels on every repaint of its plot (its grid lines span the
     view): cached as a pixmap, a refresh that leaves the ticks alone blits it instead; and no
