@@ -46,6 +46,10 @@ def test_teleop_with_cameras_on_the_hardware_path(tmp_path, color_recording):
             later = {n: c.wait_next(frames[n].seq, timeout_s=5.0)
                      for n, c in session.rig.cameras.items()}
             assert all(later[n].seq > frames[n].seq for n in frames)
+            # the rate is judged over a second of ticks, not the first few after start-up
+            deadline = time.monotonic() + 5.0
+            while session.status().steps < 60 and time.monotonic() < deadline:
+                time.sleep(0.05)
             st = session.status()
             assert st.error == "" and st.teleop == "engaged" and 45 <= st.rate_hz <= 51
         # disconnected: every servo's torque is off

@@ -144,3 +144,19 @@ def test_rig_session_runs_teleop_at_the_control_rate_and_estop_stops_within_a_pe
         session.release_estop()
         assert session.status().teleop == "idle"
     assert not session.status().running
+
+
+def test_the_control_rate_counts_tick_intervals_and_drops_to_zero_when_the_loop_stalls():
+    cfg = load_rig_config("sim").with_(cameras=())
+    session = RigSession(cfg)
+    with session:
+        deadline = time.monotonic() + 5.0
+        while session.status().steps < 20 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        # the first ticks after start-up already give the control rate: the time the thread
+        # took to start is not a tick interval
+        assert 45 <= session.status().rate_hz <= 55
+        session._stop.set()
+        session._thread.join(timeout=2.0)
+        time.sleep(5.0 / cfg.control_hz + 0.05)
+        assert session.status().rate_hz == 0.0

@@ -9,6 +9,7 @@ followers and drops torque, then the loop ends with the error kept for the UI.
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import threading
@@ -64,7 +65,7 @@ class RigSession:
         self._steps = 0
         self._error = ""
         self._missed = 0
-        self._t_start = 0.0
+        self._ticks: collections.deque[float] = collections.deque(maxlen=1024)  # tick times (s)
         self.priority = "normal"  # scheduling class the control thread got
         self.listener_errors: list[str] = []  # listeners removed after raising
         # What commands the followers instead of teleop (a replay, later the policy runtime):
@@ -82,7 +83,6 @@ class RigSession:
             self.rig.disconnect()
             raise
         self._stop.clear()
-        self._t_start = now()
         self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
         self._thread.start()
 
@@ -154,8 +154,23 @@ class RigSession:
                 continue
         return out
 
+    RATE_WINDOW_S = 1.0
+
+    def _tick_rate(self) -> float:
+        """Control ticks per second over the last second: intervals between ticks, so thread
+        start-up does not count, and 0 once the loop has stalled for five periods."""
+        ticks = list(self._ticks)
+        if len(ticks) < 2:
+            return 0.0
+        t_now = now()
+        if t_now - ticks[-1] > 5.0 / self.config.control_hz:
+            return 0.0
+        recent = [t for t in ticks if t >= t_now - self.RATE_WINDOW_S]
+        if len(recent) < 2:
+            recent = ticks[-2:]
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-9)
+
     def status(self) -> SessionStatus:
-        elapsed = max(now() - self._t_start, 1e-9)
         t = self.teleop
         return SessionStatus(
             running=self._thread is not None and self._thread.is_alive(),
@@ -164,7 +179,7 @@ class RigSession:
             estopped=self.rig.estopped,
             error=self._error,
             steps=self._steps,
-            rate_hz=self._steps / elapsed if self._steps else 0.0,
+            rate_hz=self._tick_rate(),
             period_error_ms=self.period_error.summary(1e3),
             cycle_ms=self.cycle_time.summary(1e3),
             missed_ticks=self._missed,
@@ -207,6 +222,7 @@ class RigSession:
                 rec = StepRecord(k, t_tick, st, None if step is None else step.command)
                 self._latest = rec
                 self._steps = k + 1
+                self._ticks.append(t_tick)
                 self._missed = ticker.missed
                 for fn in list(self._listeners):
                     try:
