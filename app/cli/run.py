@@ -114,6 +114,7 @@ def run(args) -> int:
     summary = {
         "event": "summary", "strategy": args.strategy, "delay_steps": delay,
         "episodes": len(rows), "success_rate": sum(r["success"] for r in rows) / len(rows),
+        "stages": _stages(rows),
         "completion_s_mean": float(np.mean(done)) if done else None,
         "boundary_discontinuity": float(np.nanmean([r["boundary_discontinuity"] for r in rows])),
         "rms_jerk": float(np.mean([r["rms_jerk"] for r in rows])),
@@ -306,10 +307,19 @@ def _realtime_episode(args, session, policy, store, delay, seconds, i, interrupt
         "event": "episode", "episode": i, "seed": seed if sim else None, "state": run.state,
         "seconds": round(time.monotonic() - t_run, 2) if t_run is not None else 0.0,
         "success": bool(last_info.get("success")) if sim else None,
+        # the furthest stage the task reached (transfer cube: 1 touched, 2 lifted, 3 both
+        # grippers on it, 4 transferred), which tells a near miss from a policy gone astray
+        "max_reward": last_info.get("episode_max_reward") if sim else None,
         "completion_s": done_at[0] if done_at else None,
         **run.metrics(), "flags": Flag.names(flags), "error": run.error,
         "reason": run.reason, "run_id": run.run_id, "telemetry": [str(p) for p in run.saved],
     }
+
+
+def _stages(rows: list[dict]) -> dict[str, int]:
+    """How many episodes got furthest to each stage of the task (its reward levels)."""
+    reached = [r.get("max_reward") for r in rows if r.get("max_reward") is not None]
+    return {str(s): reached.count(s) for s in sorted(set(reached))}
 
 
 def _fmt(x, spec: str = ".0f") -> str:
@@ -343,6 +353,7 @@ def _print_summary(args, rows: list[dict]) -> None:
     summary = {
         "event": "summary", "strategy": args.strategy, "episodes": len(rows),
         "success_rate": sum(r["success"] for r in sims) / len(sims) if sims else None,
+        "stages": _stages(sims),
         "latency_ms_p50": mean("latency_ms_p50"), "latency_ms_p95": mean("latency_ms_p95"),
         "boundary_discontinuity": mean("boundary_discontinuity"), "rms_jerk": mean("rms_jerk"),
         "period_error_ms_p99": max((r["period_error_ms_p99"] for r in rows

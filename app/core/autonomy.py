@@ -206,6 +206,9 @@ def run_sim_episode(rig, strategy: str, seed: int, delay_steps: int | str = 0,
     return {
         "strategy": strategy, "seed": seed, "delay_steps": delay_steps,
         "success": bool(st.info.get("success")),
+        # the furthest stage the task reached (transfer cube: 1 touched, 2 lifted, 3 both
+        # grippers on it, 4 transferred): a near miss told from a policy gone astray
+        "max_reward": st.info.get("episode_max_reward"),
         "completion_s": done_at[0] if done_at else None,
         **telemetry_metrics(rt.telemetry, rig.dt), "flags": Flag.names(int(flags)),
         "error": str(rt.error) if rt.error else "",
