@@ -35,6 +35,7 @@ Instructions get the trailing "." of the official clients when they lack one (fo
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,6 +54,7 @@ from xr0.model.processor import XR0Processor
 from xr0.model.xr0 import XR0Model
 from xr0.runtime import rtc
 from xr0.runtime.policy import Observation
+from xr0.train.augment import center_crop
 from xr0.train.rundir import LAST_FILE, RunDir
 
 
@@ -139,7 +141,7 @@ class XR0Policy:
                  cameras: Sequence[str] | None = None, num_steps: int | None = None,
                  image_size: tuple[int, int] | None = None,
                  camera_sizes: Mapping[str, Sequence[int]] | None = None,
-                 supports_prefix: bool | None = None):
+                 supports_prefix: bool | None = None, center_crop: float = 1.0):
         self.model, self.cfg, self.space = model.eval(), cfg, space
         self.processor = XR0Processor(tokenizer, cfg)
         self.cameras = tuple(cameras) if cameras else None
@@ -153,6 +155,9 @@ class XR0Policy:
         self.supports_prefix = (cfg.attention_rule == "lambda") if supports_prefix is None \
             else bool(supports_prefix)
         self.chunk_length = space.chunk_length
+        if not 0.0 < center_crop <= 1.0:
+            raise PolicyInputError(f"center_crop must be in (0, 1], got {center_crop}")
+        self.center_crop = float(center_crop)
         self.last_timing: dict[str, float] = {}
 
     @property
@@ -202,6 +207,12 @@ class XR0Policy:
         if tokenizer is None:
             raise PolicyInputError(f"{directory} has no tokenizer.json: save the checkpoint with "
                                    "save_checkpoint(tokenizer=...) or copy the tokenizer files there")
+        if "center_crop" not in stats:
+            # checkpoints written before stats.json named it: the crop their training used
+            train = json.loads((directory / "xr0_checkpoint.json").read_text()).get(
+                "extra", {}).get("train_config", {})
+            if train.get("augment"):
+                stats = {**stats, "center_crop": float(train.get("crop_scale", 1.0))}
         return cls.from_parts(model, cfg, tokenizer, stats, num_steps=num_steps)
 
     @classmethod
@@ -233,7 +244,8 @@ class XR0Policy:
                                ns.extra.get("state", "raw"))
         return cls(model, cfg, tokenizer, space, cameras=stats["cameras"], num_steps=num_steps,
                    image_size=stats.get("image_size"), camera_sizes=stats.get("camera_sizes"),
-                   supports_prefix=stats.get("async_post_trained"))
+                   supports_prefix=stats.get("async_post_trained"),
+                   center_crop=float(stats.get("center_crop", 1.0)))
 
     # -- inputs ------------------------------------------------------------------------------
     def _views(self, images) -> list[np.ndarray]:
@@ -267,6 +279,10 @@ class XR0Policy:
             if self.image_size is not None and frame.shape[:2] != self.image_size:
                 h, w = self.image_size
                 frame = np.asarray(Image.fromarray(frame).resize((w, h), Image.Resampling.BILINEAR))
+            if self.center_crop < 1.0:
+                x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()
+                x = center_crop(x / 255.0, self.center_crop)
+                frame = (x[0].permute(1, 2, 0) * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
             views.append(frame)
         return views
 

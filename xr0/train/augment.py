@@ -38,6 +38,19 @@ def random_crop(x: torch.Tensor, scale: float, generator: torch.Generator | None
     return F.interpolate(crops, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def center_crop(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """The crop random_crop takes on average: scale*h x scale*w from the middle, resized back.
+    A policy trained on random crops sees this at inference, so that the scene has the size and
+    place in the image it had in training (not 1/scale times smaller)."""
+    if scale >= 1.0:
+        return x
+    _, _, h, w = x.shape
+    ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return F.interpolate(x[:, :, top:top + ch, left:left + cw], size=(h, w), mode="bilinear",
+                         align_corners=False)
+
+
 def color_jitter(x: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
     """Brightness, contrast and saturation jitter, each applied with probability p per image."""
     n = x.shape[0]
