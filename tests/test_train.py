@@ -11,14 +11,15 @@ from safetensors.torch import load_file
 from store import EpisodeStore
 from xr0.data.synthetic import RIG_JOINT_NAMES, write_episode
 from xr0.model import XR0Processor, load_checkpoint, load_tokenizer, preset
-from xr0.train.augment import augment
+from xr0.train.augment import augment, center_crop, random_crop
 from xr0.train.config import learning_rate, paper_image_size, train_preset
 from xr0.train.inputs import InputBuilder
 from xr0.train.rundir import RunDir, read_events
 from xr0.train.trainer import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_DONE, Trainer
 
 CAMS = {"top": (128, 96, 25.0), "left_wrist": (128, 96, 25.0)}
-STATS_KEYS = {"norm_stats", "layout", "cameras", "view_labels", "image_size", "action_mode", "chunk"}
+STATS_KEYS = {"norm_stats", "layout", "cameras", "view_labels", "image_size", "action_mode", "chunk",
+              "center_crop"}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,7 @@ def test_loss_decreases_and_checkpoint_reads_back(store_dir, tmp_path):
     assert stats["cameras"] == ["top", "left_wrist"] and stats["image_size"] == [96, 128]
     assert stats["view_labels"] == ["Ego View", "Left-Wrist View"] and stats["chunk"] == 30
     assert stats["layout"]["joint_names"] == list(RIG_JOINT_NAMES)
+    assert stats["center_crop"] == cfg.crop_scale  # trained on random crops: infer on the centre
     assert stats["norm_stats"]["episodes"] == [1, 2, 3]
     assert mcfg.image_size == (96, 128) and mcfg.view_labels == ("Ego View", "Left-Wrist View")
     with EpisodeStore.open(store_dir) as st:
@@ -77,6 +79,7 @@ def test_loss_decreases_and_checkpoint_reads_back(store_dir, tmp_path):
     from xr0.policy import XR0Policy
 
     policy = XR0Policy.from_checkpoint(tmp_path / "run")
+    assert policy.center_crop == cfg.crop_scale
     images = {c: np.zeros((96, 128, 3), np.uint8) for c in ("top", "left_wrist")}
     chunk = policy.infer(images, np.zeros(len(RIG_JOINT_NAMES)), "transfer the cube", seed=0)
     assert chunk.shape == (30, len(RIG_JOINT_NAMES)) and np.isfinite(chunk).all()
@@ -162,6 +165,24 @@ def test_augmentation_is_seeded_and_bounded():
     assert torch.allclose(augment(x, torch.Generator().manual_seed(1), crop_scale=1.0, p=0.0), x)
 
 
+def test_inference_crop_puts_the_scene_where_training_crops_put_it_on_average():
+    # a one-pixel dot: random crops move it around its centre-crop place, and the centre crop
+    # scales it about the image centre as every training crop does (not 1/scale times smaller)
+    x = torch.zeros(1, 3, 96, 128)
+    x[0, 0, 20, 100] = 1.0
+    def where(img):
+        w = img[0, 0]
+        ys, xs = torch.meshgrid(torch.arange(96.0), torch.arange(128.0), indexing="ij")
+        return float((w * ys).sum() / w.sum()), float((w * xs).sum() / w.sum())
+    gen = torch.Generator().manual_seed(0)
+    crops = [where(random_crop(x, 0.95, gen)) for _ in range(400)]
+    mean = np.mean(crops, axis=0)
+    centre = where(center_crop(x, 0.95))
+    assert np.allclose(mean, centre, atol=0.5), (mean, centre)
+    assert abs(centre[1] - 100) > 1.0   # the crop does move it: inference must take it too
+    assert torch.equal(center_crop(x, 1.0), x)
+
+
 def test_schedule_and_image_size_rule():
     cfg = train_preset("full", steps=1000, warmup_steps=100, lr=1e-4, lr_floor=5e-7)
     assert learning_rate(cfg, 0) == pytest.approx(5e-7)
@@ -224,3 +245,18 @@ def test_keep_checkpoints_flag_keeps_every_checkpoint(store_dir, tmp_path):
     assert code == EXIT_DONE
     assert [p.name for p in RunDir(tmp_path / "all").checkpoints()] == [
         f"step-{i:07d}" for i in (1, 2, 3, 4)]
+
+
+def test_state_dropout_zeroes_a_share_of_the_states_and_only_in_training(store_dir, tmp_path):
+    from xr0.data.dataset import collate
+
+    with pytest.raises(ValueError, match="state-dropout"):
+        tiny(state_dropout=1.0)
+    tr = Trainer(tiny(state_dropout=0.5), store_dir, tmp_path / "run", episodes="1-4")
+    tr.setup()
+    batch = collate([tr.train_ds[i] for i in range(0, len(tr.train_ds), max(1, len(tr.train_ds) // 64))])
+    _, state, _, _ = tr._tensors(batch, torch.Generator().manual_seed(0), augment=True)
+    zeroed = (state.abs().sum(-1) == 0).float().mean().item()
+    assert 0.3 < zeroed < 0.7, zeroed
+    _, state, _, _ = tr._tensors(batch, torch.Generator().manual_seed(0), augment=False)
+    assert (state.abs().sum(-1) > 0).all()   # validation and inference see every state

@@ -36,6 +36,8 @@ def register(sub) -> None:
     p.add_argument("--image-size", help="HxW every view is resized to, multiples of 32 (e.g. 96x128)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--warmup", type=int, help="warm-up steps")
+    p.add_argument("--state-dropout", type=float,
+                   help="probability that a sample's state input is zeroed in training")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--keep-checkpoints", type=int,
                    help="how many of the newest checkpoints to keep (0: all; default 3)")
@@ -58,7 +60,7 @@ def _config(args):
     for arg, field in (("steps", "steps"), ("batch", "batch"), ("micro_batch", "micro_batch"),
                        ("val_episodes", "val_episodes"), ("lr", "lr"), ("warmup", "warmup_steps"),
                        ("checkpoint_every", "checkpoint_every"), ("val_every", "val_every"),
-                       ("keep_checkpoints", "keep_checkpoints"),
+                       ("keep_checkpoints", "keep_checkpoints"), ("state_dropout", "state_dropout"),
                        ("workers", "num_workers"), ("seed", "seed"), ("base", "base")):
         if getattr(args, arg) is not None:
             changes[field] = getattr(args, arg)

@@ -63,6 +63,9 @@ class TrainConfig:
     augment: bool = True
     crop_scale: float = 0.95
     jitter_p: float = 0.5
+    # probability that a training sample's state input is zeroed, so that the model must read
+    # the scene from the images instead of extrapolating the arm's own motion
+    state_dropout: float = 0.0
     num_workers: int = 2
     seed: int = 0
     # model changes applied when `base` is a preset name (training from scratch)
@@ -80,6 +83,8 @@ class TrainConfig:
                                  f"{getattr(self, name)}")
         if self.val_episodes < 0:
             raise ValueError(f"--val-episodes must be 0 or more, got {self.val_episodes}")
+        if not 0.0 <= self.state_dropout < 1.0:
+            raise ValueError(f"--state-dropout must be in [0, 1), got {self.state_dropout}")
 
     def replace(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)

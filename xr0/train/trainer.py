@@ -232,7 +232,9 @@ class Trainer:
         return {"norm_stats": self.stats.to_dict(), "layout": self.layout.to_dict(),
                 "cameras": list(self.cameras), "view_labels": list(self.model_cfg.view_labels),
                 "image_size": list(self.image_size), "action_mode": self.cfg.action_mode,
-                "chunk": self.chunk}
+                "chunk": self.chunk,
+                # trained on random crops of this scale: inference takes the centre crop
+                "center_crop": self.cfg.crop_scale if self.cfg.augment else 1.0}
 
     # -- batches ---------------------------------------------------------------------------------
 
@@ -241,7 +243,11 @@ class Trainer:
                               generator=generator, augment_images=augment and self.cfg.augment,
                               crop_scale=self.cfg.crop_scale, jitter_p=self.cfg.jitter_p)
         dev = self.info.device
-        state = self.layout.to_model(batch["state"].float()).to(dev)
+        state = self.layout.to_model(batch["state"].float())
+        if augment and self.cfg.state_dropout > 0:
+            keep = torch.rand(state.shape[0], generator=generator) >= self.cfg.state_dropout
+            state = state * keep[:, None].to(state)
+        state = state.to(dev)
         actions = self.layout.to_model(batch["actions_norm"].float()).to(dev)
         mask = torch.from_numpy(self.layout.mask)[None, None] & ~batch["action_pad"][..., None]
         return inputs.to(dev), state, actions, mask.float().to(dev)
