@@ -260,3 +260,26 @@ def test_state_dropout_zeroes_a_share_of_the_states_and_only_in_training(store_d
     assert 0.3 < zeroed < 0.7, zeroed
     _, state, _, _ = tr._tensors(batch, torch.Generator().manual_seed(0), augment=False)
     assert (state.abs().sum(-1) > 0).all()   # validation and inference see every state
+
+
+def test_the_policy_check_scripts_run_on_a_trained_run(store_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code, events = run(tiny(steps=2, val_every=2, checkpoint_every=2), store_dir, tmp_path / "run")
+    assert code == EXIT_DONE, events[-1]
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "scripts/image_sensitivity.py"), "--policy",
+                          str(tmp_path / "run"), "--store", str(store_dir), "--episodes", "1-3",
+                          "--steps", "5,20"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["step    5", "step   20"], out.stdout
+    ratios = [float(ln.rsplit("ratio", 1)[1]) for ln in lines]
+    assert all(r >= 0 for r in ratios)
+    out = subprocess.run([sys.executable, str(root / "scripts/open_loop.py"), "--policy",
+                          str(tmp_path / "run"), "--store", str(store_dir), "--episode", "2",
+                          "--every", "20"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "median step-to-step change inside a chunk" in out.stdout
