@@ -85,8 +85,8 @@ class EStopBar(QWidget):
     def show_state(self, estopped: bool) -> None:
         if estopped:
             self.state.setText("E-STOP ACTIVE")
-            self.state.setStyleSheet(theme.badge(theme.ESTOP_RED))
+            theme.set_style(self.state, theme.badge(theme.ESTOP_RED))
         else:
             self.state.setText("e-stop clear")
-            self.state.setStyleSheet(theme.badge(theme.OK_GREEN))
+            theme.set_style(self.state, theme.badge(theme.OK_GREEN))
         self.release_button.setEnabled(estopped)

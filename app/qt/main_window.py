@@ -315,10 +315,10 @@ class MainWindow(QMainWindow):
                 f"{n} {fps:.1f}" for n, fps in st.camera_fps.items()) + " fps")
         if st.estopped:
             self.sb_estop.setText("E-STOP ACTIVE")
-            self.sb_estop.setStyleSheet(theme.badge(theme.ESTOP_RED))
+            theme.set_style(self.sb_estop, theme.badge(theme.ESTOP_RED))
         else:
             self.sb_estop.setText("e-stop clear")
-            self.sb_estop.setStyleSheet(theme.badge(theme.OK_GREEN))
+            theme.set_style(self.sb_estop, theme.badge(theme.OK_GREEN))
 
     # -- screenshots -----------------------------------------------------------------------
     def save_screenshots(self, directory: str | Path, tabs: list[str] | None = None) -> list[Path]:

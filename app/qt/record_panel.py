@@ -263,9 +263,17 @@ class RecordPanel(QWidget):
             self._show_cycle(cycle)
             if cycle.phase in (Phase.DONE, Phase.FAILED):
                 self._end_cycle(cycle)
+        if not self.isVisible():  # drawn again when the panel shows (showEvent)
+            return
         self.teleop.show_status(self.session.status(), can_engage=self.session.rig.has_leaders)
-        if self._tick % PLOT_EVERY == 0 and self.isVisible():
+        if self._tick % PLOT_EVERY == 0:
             self.plots.refresh()
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt naming
+        """Shown again (its tab chosen): the teleop state and the plots at once."""
+        super().showEvent(event)
+        self.teleop.show_status(self.session.status(), can_engage=self.session.rig.has_leaders)
+        self.plots.refresh()
 
     def _take_events(self) -> None:
         while True:
@@ -289,7 +297,7 @@ class RecordPanel(QWidget):
     def _show_cycle(self, cycle: EpisodeCycle) -> None:
         phase = cycle.phase
         self.phase.setText(phase.value)
-        self.phase.setStyleSheet(theme.badge(PHASE_COLOURS[phase]))
+        theme.set_style(self.phase, theme.badge(PHASE_COLOURS[phase]))
         left = cycle.phase_until - now()
         self.countdown.setText(f"{max(left, 0.0):.1f} s" if phase in TIMED else "—")
         done = len(cycle.done)

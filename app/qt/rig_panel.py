@@ -59,7 +59,7 @@ class TeleopControls(QGroupBox):
 
     def show_status(self, st: SessionStatus, can_engage: bool) -> None:
         self.state.setText(st.teleop)
-        self.state.setStyleSheet(theme.badge(TELEOP_COLOURS.get(st.teleop, theme.MUTED)))
+        theme.set_style(self.state, theme.badge(TELEOP_COLOURS.get(st.teleop, theme.MUTED)))
         self.reason.setText(st.stop_reason)
         self.reason.setVisible(bool(st.stop_reason))
         self.engage_button.setEnabled(
@@ -102,10 +102,10 @@ class TaskStatus(QGroupBox):
         s = info.get("success")
         if s is None:
             self.success.setText("—")
-            self.success.setStyleSheet("")
+            theme.set_style(self.success, "")
         else:
             self.success.setText("yes" if s else "not yet")
-            self.success.setStyleSheet(theme.badge(theme.OK_GREEN if s else theme.MUTED))
+            theme.set_style(self.success, theme.badge(theme.OK_GREEN if s else theme.MUTED))
 
 
 class JointTable(QTableWidget):
@@ -220,19 +220,34 @@ class RigPanel(QWidget):
 
     # -- view ------------------------------------------------------------------------------
     def refresh(self, st: SessionStatus) -> None:
-        """Update from the session (GUI thread, ~30 Hz)."""
+        """Update from the session (GUI thread, ~30 Hz). Behind another tab only what does not
+        draw runs (the task loop, the camera frames kept, the servo faults that title the
+        section): the readouts and plots are drawn again when the panel shows (showEvent)."""
         self._tick += 1
         rig = self.session.rig
-        self.teleop.show_status(st, can_engage=rig.has_leaders)
+        visible = self.isVisible()
+        if visible:
+            self.teleop.show_status(st, can_engage=rig.has_leaders)
         rec: StepRecord | None = self.session.latest()
         if rec is not None:
-            if self._tick % 3 == 0 or self.joints.value(0, "left follower") == "—":
+            if visible and (self._tick % 3 == 0 or self.joints.value(0, "left follower") == "—"):
                 self.joints.show_state(rec.state.follower, rec.state.leader)
-            self._show_task(rec.state.info, st)
-            self.plots.refresh()
+            self._show_task(rec.state.info, st, visible)
+            if visible:
+                self.plots.refresh()
         if st.running:
             self._refresh_cameras(st)
         self._refresh_servos()  # also after the loop stopped: the fault that stopped it
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt naming
+        """Shown again (its tab chosen): catch up at once with what was skipped while hidden."""
+        super().showEvent(event)
+        st = self.session.status()
+        self.teleop.show_status(st, can_engage=self.session.rig.has_leaders)
+        rec = self.session.latest()
+        if rec is not None:
+            self.joints.show_state(rec.state.follower, rec.state.leader)
+            self.plots.refresh()
 
     def _refresh_servos(self) -> None:
         if self.servos is None or not self.servos.show_health(self.session.rig.health()):
@@ -245,12 +260,13 @@ class RigPanel(QWidget):
         self.sections.tabBar().setTabTextColor(
             i, QColor(colour) if colour else self.sections.palette().windowText().color())
 
-    def _show_task(self, info: dict, st: SessionStatus) -> None:
+    def _show_task(self, info: dict, st: SessionStatus, visible: bool = True) -> None:
         if self.session.config.kind != "sim":
             return
-        sim = self.session.config.sim
-        self.task.show_info(info, sim.episode_seconds if sim else None)
-        self.task.new_episode_button.setEnabled(st.running and not st.estopped)
+        if visible:
+            sim = self.session.config.sim
+            self.task.show_info(info, sim.episode_seconds if sim else None)
+            self.task.new_episode_button.setEnabled(st.running and not st.estopped)
         seed = info.get("seed")
         if (self.loop_episodes and info.get("done") and st.running and not st.estopped
                 and seed != self._looped_seed):

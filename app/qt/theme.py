@@ -32,6 +32,13 @@ def badge(colour: str) -> str:
             f"border-radius: 4px; padding: 2px 8px; }}")
 
 
+def set_style(widget, sheet: str) -> None:
+    """Apply a style sheet only if it differs from the widget's: re-polishing a widget costs
+    about a millisecond, too much for a 30 Hz refresh that mostly shows the same state."""
+    if widget.styleSheet() != sheet:
+        widget.setStyleSheet(sheet)
+
+
 def readout_table(table, columns, rows, blank: str = "—") -> None:
     """A read-only grid of right-aligned fixed-width readouts (joint rows x arm columns): headers,
     no editing, selection or focus, stretched sections, every cell `blank` until shown."""
