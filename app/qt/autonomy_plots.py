@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.qt import theme
-from app.qt.plotting import StableRanges, canvas, cheap_axis, joint_grid
+from app.qt.plotting import LiveCurve, StableRanges, canvas, cheap_axis, joint_grid
 from drivers import layout
 from xr0.runtime import RunLog, Telemetry
 from xr0.runtime.telemetry import chunk_arrays
@@ -224,20 +224,20 @@ class AutonomyPlots(QWidget):
     def _build_joints(self) -> None:
         self.joints_canvas = canvas()
         names = (*layout.ARM_JOINTS, "gripper")
-        self.measured: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
-        self.commanded: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
+        self.measured: list[LiveCurve] = [None] * layout.DIM  # type: ignore[list-item]
+        self.commanded: list[LiveCurve] = [None] * layout.DIM  # type: ignore[list-item]
         self.joint_plots = joint_grid(self.joints_canvas,
                                       lambda i, side, row: f"{side} {names[row]}",
                                       left_width=44, min_span=MIN_Y_SPAN)
         for i, p in enumerate(self.joint_plots):
             p.enableAutoRange(y=False)
             colour = theme.JOINT_COLOURS[i % layout.JOINTS_PER_ARM]
-            # thin pens (a 1-px line draws several times faster than a wide one) on bare
-            # curve items (a fraction of PlotDataItem's cost per setData)
+            # 1-px pens (several times faster than wide ones) on curves Qt draws alone
+            # (app.qt.plotting.LiveCurve)
             for curve_list, pen in (
-                    (self.commanded, pg.mkPen(colour, width=1, style=Qt.PenStyle.DashLine)),
-                    (self.measured, pg.mkPen(colour, width=1))):
-                curve = pg.PlotCurveItem(pen=pen, connect="finite")
+                    (self.commanded, pg.mkPen(colour, style=Qt.PenStyle.DashLine)),
+                    (self.measured, pg.mkPen(colour))):
+                curve = LiveCurve(pen)
                 p.addItem(curve)
                 curve_list[i] = curve
         self._ranges = StableRanges(self.joint_plots, MIN_Y_SPAN)

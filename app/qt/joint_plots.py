@@ -17,7 +17,7 @@ from PySide6.QtWidgets import QVBoxLayout, QWidget
 from app.core.rig_session import StepRecord
 from app.qt import theme
 from app.qt import plotting
-from app.qt.plotting import StableRanges, joint_grid
+from app.qt.plotting import LiveCurve, StableRanges, joint_grid
 from drivers import layout
 
 
@@ -76,8 +76,8 @@ class JointPlots(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)
 
-        self.measured: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
-        self.commanded: list[pg.PlotCurveItem] = [None] * layout.DIM  # type: ignore[list-item]
+        self.measured: list[LiveCurve] = [None] * layout.DIM  # type: ignore[list-item]
+        self.commanded: list[LiveCurve] = [None] * layout.DIM  # type: ignore[list-item]
         names = (*layout.ARM_JOINTS, "gripper")
 
         def title(i: int, side: str, row: int) -> str:
@@ -90,10 +90,9 @@ class JointPlots(QWidget):
         for i, plot in enumerate(self.plots):
             plot.setXRange(-seconds, 0, padding=0)
             colour = theme.JOINT_COLOURS[i % layout.JOINTS_PER_ARM]
-            # 1-px pens on bare curve items: a fraction of a wide PlotDataItem's cost
-            self.commanded[i] = pg.PlotCurveItem(
-                pen=pg.mkPen(colour, width=1, style=Qt.PenStyle.DashLine), connect="finite")
-            self.measured[i] = pg.PlotCurveItem(pen=pg.mkPen(colour, width=1))
+            # 1-px pens on curves Qt draws alone (app.qt.plotting.LiveCurve)
+            self.commanded[i] = LiveCurve(pg.mkPen(colour, style=Qt.PenStyle.DashLine))
+            self.measured[i] = LiveCurve(pg.mkPen(colour), connect="all")
             plot.addItem(self.commanded[i])
             plot.addItem(self.measured[i])
         self.ranges = StableRanges(self.plots, MIN_Y_SPAN)
@@ -106,7 +105,7 @@ class JointPlots(QWidget):
         x = t - t[-1]
         self.ranges.fit(measured, commanded)
         for i in range(layout.DIM):
-            self.measured[i].setData(x, measured[:, i], skipFiniteCheck=True)
-            self.commanded[i].setData(x, commanded[:, i], connect="finite")
+            self.measured[i].setData(x, measured[:, i])
+            self.commanded[i].setData(x, commanded[:, i])
         self.redraws += 1
         return True

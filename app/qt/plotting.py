@@ -2,7 +2,10 @@
 
 A plot's repaint cost is dominated by its axes (tick labels re-laid out and redrawn) when its range
 moves, not by its curves: ranges that change only when the data leaves them, axes cached as
-pixmaps, thin pens and bare curve items keep a refresh of 14 joint plots to a few ms.
+pixmaps, thin pens and curves that Qt draws alone (LiveCurve) keep a refresh of 14 joint plots to a
+few ms. Every Python method Qt calls while it indexes and paints a scene (a pyqtgraph item's
+boundingRect and paint) waits for the GIL behind the control, sim and recorder threads: the fewer
+such calls a repaint makes, the shorter the GUI thread's longest blocks.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import warnings
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtWidgets import QGraphicsItem
+from PySide6.QtGui import QPainterPath, QPen
+from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem
 
 
 def canvas() -> pg.GraphicsLayoutWidget:
@@ -29,6 +33,37 @@ def cheap_axis(axis: pg.AxisItem) -> None:
     SI-prefix relabelling on every range change."""
     axis.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
     axis.enableAutoSIPrefix(False)
+
+
+class LiveCurve(QGraphicsPathItem):
+    """A live curve of a plot (plot.addItem(curve)) that Qt indexes and paints without calling
+    Python: a QGraphicsPathItem with a 1-px cosmetic pen (width 0: its bounding rect comes from
+    the path's points, no stroke is computed). A pg.PlotCurveItem of the same data makes about a
+    dozen Python calls per repaint (boundingRect, paint, data bounds). setData/getData as on
+    pyqtgraph's curves; connect="finite" breaks the line at NaN (followers holding)."""
+
+    def __init__(self, pen: QPen, connect: str = "finite"):
+        super().__init__()
+        pen = QPen(pen)
+        pen.setWidth(0)
+        self.setPen(pen)
+        self.connect = connect
+        self._x = self._y = np.zeros(0)
+
+    def setData(self, x, y, connect: str | None = None) -> None:  # noqa: N802 - pyqtgraph naming
+        self._x, self._y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if len(self._x) < 2:
+            self.setPath(QPainterPath())
+        else:
+            self.setPath(pg.arrayToQPath(self._x, self._y, connect=connect or self.connect))
+        view = self.parentItem()  # a ViewBox's child group: an auto-ranged axis follows the data
+        while view is not None and not isinstance(view, pg.ViewBox):
+            view = view.parentItem()
+        if view is not None:
+            view.itemBoundsChanged(self)
+
+    def getData(self) -> tuple[np.ndarray, np.ndarray]:  # noqa: N802 - pyqtgraph naming
+        return self._x, self._y
 
 
 class StableRanges:
