@@ -349,7 +349,10 @@ def test_tab_loads_a_checkpoint_off_the_gui_thread(qtbot, isolated_settings, sim
               f"longest gap {gaps.max() * 1e3:.0f} ms")
         assert "Cannot load the policy" in errors[0] and "'top'" in errors[0]
         assert "use the rig the policy was trained on" in errors[0]
-        assert gaps.max() < 0.25, f"the GUI thread stalled {gaps.max() * 1e3:.0f} ms"
+        # a load on the GUI thread would stall it for the whole load; on shared cores a poll
+        # may still wait a moment behind the worker's imports
+        assert gaps.max() < max(0.25, 0.4 * load_s), \
+            f"the GUI thread stalled {gaps.max() * 1e3:.0f} ms of a {load_s:.2f} s load"
         assert tab.state == "idle" and tab.run is None and tab.start_button.isEnabled()
         assert session.source is None  # nothing ever drove the followers
         # the checkpoint was loaded by a local policy server process: stopped with the refusal
