@@ -104,6 +104,48 @@ def test_plots_show_a_saved_run(qtbot, saved_run):
         assert len(w.commanded[i].getData()[1]) == n
 
 
+# the Python methods by which pyqtgraph items answer Qt while it indexes and paints a scene
+QT_HOOKS = {"boundingRect", "shape", "paint", "dataBounds", "pixelPadding", "viewRangeChanged"}
+
+
+def test_a_refresh_repaints_without_calling_python_items(qtbot, saved_run):
+    """Qt repaints every panel after a refresh without calling back into Python for an item's
+    geometry or painting: each such call waits for the GIL behind the control, sim and recorder
+    threads."""
+    import sys
+    from collections import Counter
+
+    from PySide6.QtWidgets import QApplication
+
+    run = load_run(saved_run)
+    w = AutonomyPlots()
+    qtbot.addWidget(w)
+    w.resize(1400, 850)
+    w.show()
+    w.show_run(run)
+    qtbot.wait(50)
+    calls: Counter = Counter()
+
+    def hook(frame, event, arg):
+        if event == "call" and frame.f_code.co_name in QT_HOOKS:
+            calls[f"{type(frame.f_locals.get('self')).__name__}.{frame.f_code.co_name}"] += 1
+
+    w.show(run.arrays)  # a refresh: the joint curves and the executed command set again
+    for c in (w.overlap_canvas, w.latency_canvas, w.joints_canvas):
+        c.viewport().update()  # and every panel repainted in full
+    sys.setprofile(hook)
+    try:  # the scene repaints from the event loop
+        for _ in range(3):
+            QApplication.processEvents()
+    finally:
+        sys.setprofile(None)
+    assert w.overlap_canvas.isVisible() and w.latency_canvas.isVisible()
+    # pyqtgraph's view boxes hold their items in a child group that answers in Python (an empty
+    # rect): a few calls per repaint, not hundreds
+    calls.pop("ChildGroup.boundingRect", None)
+    assert not calls, dict(calls)
+
+
 def test_decimate_keeps_peaks_of_a_long_run():
     x = np.arange(100_000, dtype=float)
     ys = np.zeros((100_000, 2))

@@ -27,13 +27,16 @@ from PySide6.QtWidgets import (
 )
 
 from app.qt import theme
-from app.qt.plotting import LiveCurve, StableRanges, canvas, cheap_axis, joint_grid
+from app.qt.plotting import (
+    LiveCurve, LiveDots, StableRanges, VerticalMark, canvas, joint_grid, plot_item,
+)
 from drivers import layout
 from xr0.runtime import RunLog, Telemetry
 from xr0.runtime.telemetry import chunk_arrays
 
 KEEP_ACTIONS = 256  # chunks whose actions stay available to the chunk chooser in a live run
-MAX_LATENCY_POINTS = 5000  # the latency plots show the newest this many inferences
+MAX_LATENCY_POINTS = 5000  # the latency plots show the newest this many inferences, as at most
+# two points per pixel of their width (decimate: the min and max of each block of inferences)
 PREV_COLOUR, NEW_COLOUR, EXEC_COLOUR = "#9e9e9e", "#1565c0", "#212121"
 PREFIX_BRUSH = (46, 125, 50, 50)
 MIN_Y_SPAN = 0.1  # rad (grippers 0..1): a still joint shows as a flat line, not as noise
@@ -111,15 +114,41 @@ class _Chunks:
         return self._sorted
 
 
-def _small_plot(plot: pg.PlotItem, title: str) -> pg.PlotItem:
+def _small_plot(on: pg.GraphicsLayoutWidget, title: str, row=None, col=None
+                ) -> pg.PlotItem:
+    plot = plot_item(on, row=row, col=col)
     plot.setTitle(title, size="8pt", color="#333")
     plot.setMenuEnabled(False)
     plot.hideButtons()
     plot.showGrid(x=True, y=True, alpha=0.25)
     plot.getAxis("left").setWidth(44)
-    for name in ("left", "bottom"):
-        cheap_axis(plot.getAxis(name))
     return plot
+
+
+def _legend(*entries: tuple[str, str, str]) -> QLabel:
+    """A legend above a canvas, (mark, colour, name) per entry: a label outside the plot's scene,
+    painted only when it changes (a pyqtgraph legend repaints in Python with the curves under
+    it)."""
+    label = QLabel("&nbsp;&nbsp;".join(
+        f"<span style='color:{colour}'>{mark}</span>&nbsp;{name}" for mark, colour, name in entries))
+    label.setStyleSheet("font-size: 8pt;")
+    return label
+
+
+def _with_legend(legend: QLabel, plots: pg.GraphicsLayoutWidget) -> QWidget:
+    box = QWidget()
+    lay = QVBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.setSpacing(0)
+    lay.addWidget(legend)
+    lay.addWidget(plots, 1)
+    return box
+
+
+def _thin(x: np.ndarray, y: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
+    """At most ~2 points per pixel of a plot `width` px wide (decimate: peaks survive)."""
+    xd, yd = decimate(x, y[:, None], max(2 * int(width), 200))
+    return xd, yd[:, 0]
 
 
 class AutonomyPlots(QWidget):
@@ -162,8 +191,8 @@ class AutonomyPlots(QWidget):
         self._build_latency()
         self._build_joints()
         top = QSplitter(Qt.Orientation.Horizontal)
-        top.addWidget(self.overlap_canvas)
-        top.addWidget(self.latency_canvas)
+        top.addWidget(_with_legend(self.overlap_legend, self.overlap_canvas))
+        top.addWidget(_with_legend(self.latency_legend, self.latency_canvas))
         top.setSizes([600, 400])
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(top)
@@ -177,49 +206,49 @@ class AutonomyPlots(QWidget):
     # -- construction ------------------------------------------------------------------------
     def _build_overlap(self) -> None:
         self.overlap_canvas = canvas()
-        p = _small_plot(self.overlap_canvas.addPlot(), "chunk overlap")
-        p.addLegend(offset=(-10, 10), labelTextSize="8pt")
+        p = _small_plot(self.overlap_canvas, "chunk overlap")
         p.setLabel("bottom", "control step")
         p.getViewBox().setLimits(minYRange=MIN_Y_SPAN)
-        self.prefix_region = pg.LinearRegionItem((0, 0), movable=False, brush=PREFIX_BRUSH,
-                                                 pen=pg.mkPen(None))
+        self.prefix_region = VerticalMark(p, brush=PREFIX_BRUSH)
         self.prefix_region.setZValue(-10)
-        self.prefix_region.setVisible(False)
-        p.addItem(self.prefix_region)
-        self.splice_line = pg.InfiniteLine(0, angle=90, pen=pg.mkPen(theme.ESTOP_RED, width=2),
-                                           label="splice", labelOpts={"position": 0.92,
-                                                                      "color": theme.ESTOP_RED})
-        self.splice_line.setVisible(False)
-        p.addItem(self.splice_line)
-        self.prev_curve = p.plot(pen=pg.mkPen(PREV_COLOUR, width=2), name="previous chunk")
-        self.new_curve = p.plot(pen=pg.mkPen(NEW_COLOUR, width=2), name="new chunk")
-        self.exec_curve = p.plot(pen=pg.mkPen(EXEC_COLOUR, width=1, style=Qt.PenStyle.DashLine),
-                                 name="executed", connect="finite")
+        self.splice_line = VerticalMark(p, pen=pg.mkPen(theme.ESTOP_RED, width=2), label="splice",
+                                        label_colour=theme.ESTOP_RED)
+        self.prev_curve, self.new_curve, self.exec_curve = (
+            LiveCurve(pg.mkPen(PREV_COLOUR)), LiveCurve(pg.mkPen(NEW_COLOUR)),
+            LiveCurve(pg.mkPen(EXEC_COLOUR, style=Qt.PenStyle.DashLine)))
+        for c in (self.prev_curve, self.new_curve, self.exec_curve):
+            p.addItem(c)
+        self.overlap_legend = _legend(("━", PREV_COLOUR, "previous chunk"),
+                                      ("━", NEW_COLOUR, "new chunk"),
+                                      ("┅", EXEC_COLOUR, "executed"),
+                                      ("▮", "rgb(46,125,50)", "clean prefix"),
+                                      ("┃", theme.ESTOP_RED, "splice"))
         self.overlap_plot = p
 
     def _build_latency(self) -> None:
         self.latency_canvas = canvas()
         c = self.latency_canvas
-        self.latency_plot = _small_plot(c.addPlot(row=0, col=0), "inference latency (ms)")
-        self.latency_curve = self.latency_plot.plot(
-            pen=pg.mkPen(NEW_COLOUR, width=1), symbol="o", symbolSize=4,
-            symbolBrush=NEW_COLOUR, symbolPen=None)
-        self.late_curve = self.latency_plot.plot(pen=None, symbol="o", symbolSize=6,
-                                                 symbolBrush=theme.ESTOP_RED, symbolPen=None)
-        self.delay_plot = _small_plot(c.addPlot(row=1, col=0), "delay (steps)")
-        self.delay_plot.addLegend(offset=(-5, 5), labelTextSize="7pt")
+        self.latency_plot = _small_plot(c, "inference latency (ms)", row=0, col=0)
+        self.latency_curve = LiveCurve(pg.mkPen(NEW_COLOUR))
+        self.late_curve = LiveDots(theme.ESTOP_RED, size=5)  # late chunks: the points that matter
+        self.delay_plot = _small_plot(c, "delay (steps)", row=1, col=0)
         self.delay_plot.setLabel("bottom", "request step")
         self.delay_plot.setXLink(self.latency_plot)
-        self.delay_est_curve = self.delay_plot.plot(pen=pg.mkPen(theme.WARN_AMBER, width=2),
-                                                    name="d (estimate)", stepMode="left")
-        self.delay_curve = self.delay_plot.plot(
-            pen=None, symbol="o", symbolSize=4, symbolBrush=NEW_COLOUR, symbolPen=None,
-            name="measured")
-        self.hist_plot = _small_plot(c.addPlot(row=2, col=0), "latency histogram")
+        self.delay_est_curve = LiveCurve(pg.mkPen(theme.WARN_AMBER), step="left")
+        self.delay_curve = LiveDots(NEW_COLOUR, size=3)
+        self.hist_plot = _small_plot(c, "latency histogram", row=2, col=0)
         self.hist_plot.setLabel("bottom", "ms")
-        self.hist_curve = self.hist_plot.plot(stepMode="center", fillLevel=0,
-                                              brush=(21, 101, 192, 120),
-                                              pen=pg.mkPen(NEW_COLOUR))
+        self.hist_curve = LiveCurve(pg.mkPen(NEW_COLOUR), step="center",
+                                    brush=(21, 101, 192, 120))
+        self.latency_plot.addItem(self.latency_curve)
+        self.latency_plot.addItem(self.late_curve)
+        self.delay_plot.addItem(self.delay_est_curve)
+        self.delay_plot.addItem(self.delay_curve)
+        self.hist_plot.addItem(self.hist_curve)
+        self.latency_legend = _legend(("━", NEW_COLOUR, "latency"),
+                                      ("■", theme.ESTOP_RED, "late"),
+                                      ("━", theme.WARN_AMBER, "d (estimate)"),
+                                      ("■", NEW_COLOUR, "measured delay"))
 
     def _build_joints(self) -> None:
         self.joints_canvas = canvas()
@@ -253,7 +282,7 @@ class AutonomyPlots(QWidget):
                   self.late_curve, self.delay_curve, self.delay_est_curve, *self.measured,
                   *self.commanded):
             c.setData([], [])
-        self.hist_curve.setData([0, 1], [0])
+        self.hist_curve.setData([], [])
         self._ranges.reset()
         self._overlap_key = self._latency_key = None
         self.prefix_region.setVisible(False)
@@ -310,12 +339,14 @@ class AutonomyPlots(QWidget):
         done = (arr >= 0) if len(ids) else np.zeros(0, bool)
         sel = np.flatnonzero(done)[-MAX_LATENCY_POINTS:]
         x, ms = req[sel].astype(np.float64), lat[sel].astype(np.float64)
-        self.latency_curve.setData(x, ms)
+        width = self.latency_plot.getViewBox().width()
+        self.latency_curve.setData(*_thin(x, ms, width))
         lsel = sel[late[sel].astype(bool)] if len(sel) else sel
-        self.late_curve.setData(req[lsel].astype(np.float64), lat[lsel].astype(np.float64))
-        self.delay_curve.setData(x, (arr[sel] - req[sel]).astype(np.float64))
-        self.delay_est_curve.setData(req[-MAX_LATENCY_POINTS:].astype(np.float64),
-                                     d[-MAX_LATENCY_POINTS:].astype(np.float64))
+        self.late_curve.setData(*_thin(req[lsel].astype(np.float64),
+                                       lat[lsel].astype(np.float64), width))
+        self.delay_curve.setData(*_thin(x, (arr[sel] - req[sel]).astype(np.float64), width))
+        self.delay_est_curve.setData(*_thin(req[-MAX_LATENCY_POINTS:].astype(np.float64),
+                                            d[-MAX_LATENCY_POINTS:].astype(np.float64), width))
         finite = ms[np.isfinite(ms)]
         if len(finite):
             lo, hi = float(finite.min()), float(finite.max())
@@ -370,9 +401,9 @@ class AutonomyPlots(QWidget):
             self.prev_curve.setData(lo + np.arange(len(old), dtype=np.float64), old[:, j])
         else:
             self.prev_curve.setData([], [])
-        self.prefix_region.setRegion((req, req + prefix))
+        self.prefix_region.set_span(req, req + prefix)
         self.prefix_region.setVisible(prefix > 0)
-        self.splice_line.setValue(arr)
+        self.splice_line.set_span(arr)
         self.splice_line.setVisible(arr >= 0)
         self.overlap_plot.setTitle(
             f"{layout.NAMES[j]} · chunk {cur}"
@@ -383,7 +414,7 @@ class AutonomyPlots(QWidget):
 
     # -- what is drawn (for tests and the run log) -------------------------------------------------
     def splice_step(self) -> float | None:
-        return self.splice_line.value() if self.splice_line.isVisible() else None
+        return self.splice_line.span[0] if self.splice_line.isVisible() else None
 
     def prefix_span(self) -> tuple[float, float] | None:
-        return tuple(self.prefix_region.getRegion()) if self.prefix_region.isVisible() else None
+        return self.prefix_region.span if self.prefix_region.isVisible() else None

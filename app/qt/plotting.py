@@ -5,7 +5,12 @@ moves, not by its curves: ranges that change only when the data leaves them, axe
 pixmaps, thin pens and curves that Qt draws alone (LiveCurve) keep a refresh of 14 joint plots to a
 few ms. Every Python method Qt calls while it indexes and paints a scene (a pyqtgraph item's
 boundingRect and paint) waits for the GIL behind the control, sim and recorder threads: the fewer
-such calls a repaint makes, the shorter the GUI thread's longest blocks.
+such calls a repaint makes, the shorter the GUI thread's longest blocks. So a live plot is a
+`plot_item` (its view box, axes, title and the plot itself answer Qt's geometry queries in C++),
+its grid a `GridLines` item (an axis that draws the grid spans the view and repaints with every
+curve under it), and what it draws QGraphicsPathItems that Qt paints alone: `LiveCurve` (lines,
+steps, a filled histogram), `LiveDots` (points), `VerticalMark` (a line or a band across the view).
+Python runs when data is set or a view's range or size changes, never while Qt paints.
 """
 
 from __future__ import annotations
@@ -14,15 +19,26 @@ import warnings
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtGui import QPainterPath, QPen
-from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QBrush, QColor, QPainterPath, QPen
+from PySide6.QtWidgets import (
+    QGraphicsItem, QGraphicsPathItem, QGraphicsRectItem, QGraphicsSimpleTextItem, QGraphicsWidget,
+)
+
+GRID_COLOUR = (150, 150, 150)
 
 
 def canvas() -> pg.GraphicsLayoutWidget:
-    """A white plot canvas with tight spacing, antialiasing off (a live plot's cheapest lines)."""
+    """A white plot canvas with tight spacing, antialiasing off (a live plot's cheapest lines),
+    its layout a FastLayout."""
     pg.setConfigOptions(antialias=False)
     c = pg.GraphicsLayoutWidget()
     c.setBackground("w")
+    c.ci = FastLayout()
+    for name in ("nextRow", "nextCol", "nextColumn", "addPlot", "addViewBox", "addItem", "getItem",
+                 "addLayout", "addLabel", "removeItem", "itemIndex", "clear"):
+        setattr(c, name, getattr(c.ci, name))  # as GraphicsLayoutWidget binds its own layout's
+    c.setCentralItem(c.ci)
     c.ci.setSpacing(2)
     return c
 
@@ -35,35 +51,247 @@ def cheap_axis(axis: pg.AxisItem) -> None:
     axis.enableAutoSIPrefix(False)
 
 
+# The Fast* classes put Qt's own geometry methods in place of pyqtgraph's Python ones that compute
+# the same rect: a builtin found on the class is no override, so Qt calls its C++ method and never
+# waits for the GIL to ask.
+
+class FastViewBox(pg.ViewBox):
+    """A ViewBox without a border (its paint draws nothing) whose geometry Qt reads in C++."""
+    boundingRect = QGraphicsWidget.boundingRect
+    shape = QGraphicsWidget.shape
+    paint = QGraphicsWidget.paint
+
+
+class FastAxis(pg.AxisItem):
+    """An axis whose geometry Qt reads in C++: its ticks point outward and labels that would
+    leave its rect are hidden, so all it draws lies inside that rect; no grid (GridLines); cached
+    as a pixmap (cheap_axis)."""
+    boundingRect = QGraphicsWidget.boundingRect
+    shape = QGraphicsWidget.shape
+
+    def __init__(self, orientation: str, **kwargs):
+        super().__init__(orientation, maxTickLength=4, **kwargs)
+        self.setStyle(hideOverlappingLabels=True)
+        cheap_axis(self)
+
+    def setGrid(self, grid) -> None:  # noqa: N802 - pyqtgraph naming
+        if grid is not False:
+            raise ValueError("A FastAxis draws no grid: use GridLines(plot)")
+        super().setGrid(grid)
+
+
+class FastLayout(pg.GraphicsLayout):
+    boundingRect = QGraphicsWidget.boundingRect
+    shape = QGraphicsWidget.shape
+
+
+class FastLabel(pg.LabelItem):
+    boundingRect = QGraphicsWidget.boundingRect
+    shape = QGraphicsWidget.shape
+
+
+class FastPlot(pg.PlotItem):
+    """A PlotItem whose own, view box's, axes' and title's geometry Qt reads in C++;
+    showGrid adds GridLines."""
+    boundingRect = QGraphicsWidget.boundingRect
+    shape = QGraphicsWidget.shape
+
+    def __init__(self, **kwargs):
+        super().__init__(viewBox=FastViewBox(), axisItems={
+            name: FastAxis(name) for name in ("left", "bottom")}, **kwargs)  # the two shown
+        old = self.titleLabel
+        self.layout.removeItem(old)
+        old.setParentItem(None)
+        old.deleteLater()
+        self.titleLabel = FastLabel("", size="11pt", parent=self)
+        self.layout.addItem(self.titleLabel, 0, 1)
+        self.setTitle(None)
+        self.grid: GridLines | None = None
+
+    def showGrid(self, x=None, y=None, alpha=None) -> None:  # noqa: N802 - pyqtgraph naming
+        if self.grid is None:
+            self.grid = GridLines(self, alpha if alpha is not None else 0.25)
+        self.grid.show_axes(x=bool(x), y=bool(y))
+
+
+def plot_item(canvas: pg.GraphicsLayoutWidget, row=None, col=None, **kwargs) -> FastPlot:
+    """A FastPlot added to `canvas` (as canvas.addPlot(row, col))."""
+    plot = FastPlot(**kwargs)
+    canvas.addItem(plot, row=row, col=col)
+    return plot
+
+
+def _view_of(item: QGraphicsItem) -> pg.ViewBox | None:
+    view = item.parentItem()  # a ViewBox's child group
+    while view is not None and not isinstance(view, pg.ViewBox):
+        view = view.parentItem()
+    return view
+
+
+class GridLines(QGraphicsPathItem):
+    """A plot's grid lines at its axes' major and minor ticks (AxisItem.tickValues): one path
+    item behind the data that Qt paints alone, rebuilt in Python only when the view's range or
+    size changes."""
+
+    def __init__(self, plot: pg.PlotItem, alpha: float = 0.25):
+        super().__init__()
+        self.plot = plot
+        self.axes = {"x": True, "y": True}
+        self.setPen(QPen(QColor(*GRID_COLOUR, int(alpha * 255)), 0))
+        self.setZValue(-100)
+        plot.addItem(self, ignoreBounds=True)
+        plot.getViewBox().sigTransformChanged.connect(self.rebuild)
+        plot.getViewBox().sigResized.connect(self.rebuild)
+
+    def show_axes(self, x: bool, y: bool) -> None:
+        self.axes = {"x": x, "y": y}
+        self.rebuild()
+
+    def rebuild(self, *_) -> None:
+        view = self.plot.getViewBox()
+        (x0, x1), (y0, y1) = view.viewRange()
+        xs, ys = [], []
+        if self.axes["x"] and view.width() > 0:
+            for _spacing, ticks in self.plot.getAxis("bottom").tickValues(x0, x1, view.width())[:2]:
+                t = np.asarray(ticks, dtype=np.float64)
+                xs.append(np.repeat(t, 2))
+                ys.append(np.tile([y0, y1], len(t)))
+        if self.axes["y"] and view.height() > 0:
+            for _spacing, ticks in self.plot.getAxis("left").tickValues(y0, y1, view.height())[:2]:
+                t = np.asarray(ticks, dtype=np.float64)
+                xs.append(np.tile([x0, x1], len(t)))
+                ys.append(np.repeat(t, 2))
+        x = np.concatenate(xs) if xs else np.zeros(0)
+        self.setPath(pg.arrayToQPath(x, np.concatenate(ys), connect="pairs") if len(x)
+                     else QPainterPath())
+
+
 class LiveCurve(QGraphicsPathItem):
     """A live curve of a plot (plot.addItem(curve)) that Qt indexes and paints without calling
     Python: a QGraphicsPathItem with a 1-px cosmetic pen (width 0: its bounding rect comes from
     the path's points, no stroke is computed). A pg.PlotCurveItem of the same data makes about a
     dozen Python calls per repaint (boundingRect, paint, data bounds). setData/getData as on
-    pyqtgraph's curves; connect="finite" breaks the line at NaN (followers holding)."""
+    pyqtgraph's curves; connect="finite" breaks the line at NaN (followers holding).
+    step="left": y[i] holds from x[i] to x[i+1]; step="center": a histogram, x the len(y) + 1 bin
+    edges, drawn from 0 and filled with `brush` when given."""
 
-    def __init__(self, pen: QPen, connect: str = "finite"):
+    def __init__(self, pen: QPen, connect: str = "finite", step: str | None = None,
+                 brush=None):
         super().__init__()
         pen = QPen(pen)
         pen.setWidth(0)
         self.setPen(pen)
-        self.connect = connect
+        if brush is not None:
+            self.setBrush(QBrush(pg.mkBrush(brush)))
+        self.connect, self.step = connect, step
+        self.opts = {"pen": pen}  # what a pyqtgraph legend reads
         self._x = self._y = np.zeros(0)
 
     def setData(self, x, y, connect: str | None = None) -> None:  # noqa: N802 - pyqtgraph naming
         self._x, self._y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        if len(self._x) < 2:
+        x, y = self._x, self._y
+        if self.step == "left" and len(x):
+            x, y = np.repeat(x, 2)[1:], np.repeat(y, 2)[:-1]
+        elif self.step == "center" and len(y):
+            x, y = np.repeat(x, 2), np.concatenate([[0.0], np.repeat(y, 2), [0.0]])
+        if len(x) < 2:
             self.setPath(QPainterPath())
         else:
-            self.setPath(pg.arrayToQPath(self._x, self._y, connect=connect or self.connect))
-        view = self.parentItem()  # a ViewBox's child group: an auto-ranged axis follows the data
-        while view is not None and not isinstance(view, pg.ViewBox):
-            view = view.parentItem()
+            self.setPath(pg.arrayToQPath(x, y, connect=connect or self.connect))
+        view = _view_of(self)  # an auto-ranged axis follows the data
         if view is not None:
             view.itemBoundsChanged(self)
 
     def getData(self) -> tuple[np.ndarray, np.ndarray]:  # noqa: N802 - pyqtgraph naming
         return self._x, self._y
+
+
+class LiveDots(QGraphicsPathItem):
+    """Points of a live plot as filled squares `size` px wide that Qt paints alone: one path of
+    squares (a child item) sized in data units from the view's pixel size, rebuilt when data is
+    set or the view's range or size changes. The item's own bounds are the points' (an
+    auto-ranged axis follows the points, not the squares, whose size follows the range)."""
+
+    def __init__(self, colour, size: float = 4.0):
+        super().__init__()
+        self.setPen(QPen(Qt.PenStyle.NoPen))
+        self.squares = QGraphicsPathItem(self)
+        self.squares.setPen(QPen(Qt.PenStyle.NoPen))
+        self.squares.setBrush(QBrush(pg.mkColor(colour)))
+        self.size = size
+        self._x = self._y = np.zeros(0)
+        self._view: pg.ViewBox | None = None
+
+    def setData(self, x, y) -> None:  # noqa: N802 - pyqtgraph naming
+        self._x, self._y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        ok = np.isfinite(self._x) & np.isfinite(self._y)
+        bounds = QPainterPath()
+        if ok.any():
+            x, y = self._x[ok], self._y[ok]
+            bounds.moveTo(x.min(), y.min())
+            bounds.lineTo(x.max(), y.max())
+        self.setPath(bounds)
+        view = _view_of(self)
+        if view is not None and view is not self._view:
+            self._view = view
+            view.sigTransformChanged.connect(self._rebuild)
+        self._rebuild()
+        if view is not None:
+            view.itemBoundsChanged(self)
+
+    def getData(self) -> tuple[np.ndarray, np.ndarray]:  # noqa: N802 - pyqtgraph naming
+        return self._x, self._y
+
+    def _rebuild(self, *_) -> None:
+        ok = np.isfinite(self._x) & np.isfinite(self._y)
+        x, y = self._x[ok], self._y[ok]
+        if not len(x):
+            self.squares.setPath(QPainterPath())
+            return
+        px, py = (self._view.viewPixelSize() if self._view is not None else (1.0, 1.0))
+        hx, hy = 0.5 * self.size * (px or 1.0), 0.5 * self.size * (py or 1.0)
+        corners_x, corners_y = np.array([-hx, hx, hx, -hx, -hx]), np.array([-hy, -hy, hy, hy, -hy])
+        xs = (x[:, None] + corners_x).ravel()
+        ys = (y[:, None] + corners_y).ravel()
+        connect = np.tile(np.array([1, 1, 1, 1, 0], dtype=np.int32), len(x))
+        path = pg.arrayToQPath(xs, ys, connect=connect, finiteCheck=False)
+        path.setFillRule(Qt.FillRule.WindingFill)  # overlapping squares stay filled
+        self.squares.setPath(path)
+
+
+class VerticalMark(QGraphicsRectItem):
+    """A vertical line (width 0) or band (x0..x1) across a plot's whole height, with an optional
+    label at its top, that Qt paints alone: its height follows the view's y range (rebuilt when
+    the range or size changes); it does not count for auto-range."""
+
+    def __init__(self, plot: pg.PlotItem, pen=None, brush=None, label: str = "",
+                 label_colour="#333"):
+        super().__init__()
+        pen = QPen(pg.mkPen(pen)) if pen is not None else QPen(Qt.PenStyle.NoPen)
+        pen.setCosmetic(True)
+        self.setPen(pen)
+        self.setBrush(QBrush(pg.mkBrush(brush)) if brush is not None else QBrush())
+        self.view = plot.getViewBox()
+        plot.addItem(self, ignoreBounds=True)
+        self.label = None
+        if label:
+            self.label = QGraphicsSimpleTextItem(label, self)
+            self.label.setBrush(QBrush(pg.mkColor(label_colour)))
+            self.label.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations)
+        self.span = (0.0, 0.0)
+        self.view.sigTransformChanged.connect(self._rebuild)
+        self.setVisible(False)
+
+    def set_span(self, x0: float, x1: float | None = None) -> None:
+        self.span = (float(x0), float(x0 if x1 is None else x1))
+        self._rebuild()
+
+    def _rebuild(self, *_) -> None:
+        _, (y0, y1) = self.view.viewRange()
+        x0, x1 = self.span
+        self.setRect(x0, y0, x1 - x0, y1 - y0)
+        if self.label is not None:
+            self.label.setPos(x1, y1)
 
 
 class StableRanges:
@@ -111,7 +339,7 @@ def joint_grid(canvas: pg.GraphicsLayoutWidget, title, left_width: int = 40,
     for col, side in enumerate(layout.SIDES):
         sl = layout.arm_slice(side)
         for row, i in enumerate(range(sl.start, sl.stop)):
-            plot = canvas.addPlot(row=row, col=col)
+            plot = plot_item(canvas, row=row, col=col)
             plot.setTitle(title(i, side, row), size=title_size, color="#333")
             plot.setMenuEnabled(False)
             plot.setMouseEnabled(x=False, y=False)
@@ -124,8 +352,6 @@ def joint_grid(canvas: pg.GraphicsLayoutWidget, title, left_width: int = 40,
                 plot.getAxis("bottom").setStyle(showValues=False)
             else:
                 plot.setLabel("bottom", "s")
-            for name in ("left", "bottom"):
-                cheap_axis(plot.getAxis(name))
             if first is None:
                 first = plot
             else:
