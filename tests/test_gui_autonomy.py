@@ -123,7 +123,8 @@ def test_a_refresh_repaints_without_calling_python_items(qtbot, saved_run):
     w.resize(1400, 850)
     w.show()
     w.show_run(run)
-    qtbot.wait(50)
+    w.show(run.arrays)
+    qtbot.wait(200)  # laid out, ranges settled, axes drawn once
     calls: Counter = Counter()
 
     def hook(frame, event, arg):

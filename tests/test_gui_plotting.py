@@ -115,3 +115,21 @@ def test_vertical_mark_spans_the_view(plot, qtbot):
     p.setYRange(10, 20, padding=0)
     qtbot.wait(20)
     assert (band.rect().top(), band.rect().bottom()) == pytest.approx((10, 20))
+
+
+def test_held_range_moves_only_when_the_data_leaves_it(plot):
+    from app.qt.plotting import hold_range
+
+    _c, p = plot
+    p.disableAutoRange()
+    assert hold_range(p, "x", np.arange(0, 100.0))
+    x0, x1 = p.getViewBox().viewRange()[0]
+    assert x0 < 0 and x1 > 99
+    moved = [hold_range(p, "x", np.arange(0, n, dtype=float)) for n in range(100, int(x1) + 1)]
+    assert not any(moved) and p.getViewBox().viewRange()[0] == [x0, x1]  # growing inside it
+    assert hold_range(p, "x", np.arange(0, x1 + 1))  # past its end: a jump ahead of the data
+    assert p.getViewBox().viewRange()[0][1] > x1 + 1 + 0.2 * (x1 + 1)
+    assert hold_range(p, "x", [10.0, 11.0], min_span=1.0)  # a third of it or less: shrinks
+    assert hold_range(p, "y", [np.nan, 5.0, 5.0], min_span=2.0)  # a flat line: min_span wide
+    y0, y1 = p.getViewBox().viewRange()[1]
+    assert y0 < 4.0 and y1 > 6.0 and not hold_range(p, "y", [np.nan])

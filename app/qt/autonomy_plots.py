@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 
 from app.qt import theme
 from app.qt.plotting import (
-    LiveCurve, LiveDots, StableRanges, VerticalMark, canvas, joint_grid, plot_item,
+    LiveCurve, LiveDots, StableRanges, VerticalMark, canvas, hold_range, joint_grid, plot_item,
 )
 from drivers import layout
 from xr0.runtime import RunLog, Telemetry
@@ -117,6 +117,7 @@ class _Chunks:
 def _small_plot(on: pg.GraphicsLayoutWidget, title: str, row=None, col=None
                 ) -> pg.PlotItem:
     plot = plot_item(on, row=row, col=col)
+    plot.disableAutoRange()  # hold_range: ranges that move only when the data leaves them
     plot.setTitle(title, size="8pt", color="#333")
     plot.setMenuEnabled(False)
     plot.hideButtons()
@@ -347,6 +348,10 @@ class AutonomyPlots(QWidget):
         self.delay_curve.setData(*_thin(x, (arr[sel] - req[sel]).astype(np.float64), width))
         self.delay_est_curve.setData(*_thin(req[-MAX_LATENCY_POINTS:].astype(np.float64),
                                             d[-MAX_LATENCY_POINTS:].astype(np.float64), width))
+        hold_range(self.latency_plot, "x", self.delay_est_curve.getData()[0], min_span=10)
+        hold_range(self.latency_plot, "y", ms, min_span=1.0)
+        hold_range(self.delay_plot, "y", self.delay_curve.getData()[1],
+                   self.delay_est_curve.getData()[1], min_span=2.0)
         finite = ms[np.isfinite(ms)]
         if len(finite):
             lo, hi = float(finite.min()), float(finite.max())
@@ -355,6 +360,8 @@ class AutonomyPlots(QWidget):
             counts, edges = np.histogram(finite, bins=min(30, max(5, len(finite) // 3)),
                                          range=(lo, hi))
             self.hist_curve.setData(edges, counts)
+            hold_range(self.hist_plot, "x", edges, min_span=1.0)
+            hold_range(self.hist_plot, "y", [0], counts, min_span=1.0)
             self.info.setText(
                 f"{len(ids)} chunks · latency p50 {np.percentile(finite, 50):.0f} ms, "
                 f"p95 {np.percentile(finite, 95):.0f} ms · late {int(late.sum())}")
@@ -393,6 +400,7 @@ class AutonomyPlots(QWidget):
             self.exec_curve.setData(k[win].astype(np.float64), self._steps["step_action"][win, j])
         key = (self.chunks.version, cur, prev, j)
         if key == self._overlap_key:
+            self._hold_overlap_y()
             return
         self._overlap_key = key
         self.new_curve.setData(req + np.arange(len(new), dtype=np.float64), new[:, j])
@@ -411,6 +419,12 @@ class AutonomyPlots(QWidget):
             + f": requested at {req}, spliced at {arr}, d {d}, prefix {prefix}"
             + (" · LATE" if late else ""), size="8pt", color=theme.ESTOP_RED if late else "#333")
         self.overlap_plot.setXRange(lo - 2, hi + 2, padding=0)
+        self._hold_overlap_y()
+
+    def _hold_overlap_y(self) -> None:
+        hold_range(self.overlap_plot, "y", *(c.getData()[1] for c in (
+            self.prev_curve, self.new_curve, self.exec_curve)), min_span=MIN_Y_SPAN,
+                   headroom=0.1)
 
     # -- what is drawn (for tests and the run log) -------------------------------------------------
     def splice_step(self) -> float | None:

@@ -92,13 +92,18 @@ class FastLabel(pg.LabelItem):
 
 class FastPlot(pg.PlotItem):
     """A PlotItem whose own, view box's, axes' and title's geometry Qt reads in C++;
-    showGrid adds GridLines."""
+    showGrid adds GridLines. A live plot: no auto-range button (Qt asks even a hidden item
+    for its geometry)."""
     boundingRect = QGraphicsWidget.boundingRect
     shape = QGraphicsWidget.shape
 
     def __init__(self, **kwargs):
         super().__init__(viewBox=FastViewBox(), axisItems={
-            name: FastAxis(name) for name in ("left", "bottom")}, **kwargs)  # the two shown
+            name: FastAxis(name) for name in ("left", "bottom", "right", "top")}, **kwargs)
+        self.hideAxis("right")
+        self.hideAxis("top")
+        self.hideButtons()
+        self.autoBtn.setParentItem(None)
         old = self.titleLabel
         self.layout.removeItem(old)
         old.setParentItem(None)
@@ -292,6 +297,33 @@ class VerticalMark(QGraphicsRectItem):
         self.setRect(x0, y0, x1 - x0, y1 - y0)
         if self.label is not None:
             self.label.setPos(x1, y1)
+
+
+def hold_range(plot: pg.PlotItem, axis: str, *values: np.ndarray, min_span: float = 1.0,
+               headroom: float = 0.25) -> bool:
+    """Keep a plot's x or y range while it covers `values` (NaN ignored) and they fill at least
+    a third of it; else cover them with `headroom` of their span on each side. An axis relabels
+    (a few ms of Python in its paint, more on loaded cores) only when its range changes: a range
+    that jumps ahead of growing data changes rarely, pyqtgraph's auto-range with every point.
+    True when the range changed."""
+    v = np.concatenate([np.ravel(np.asarray(x, dtype=np.float64)) for x in values]) \
+        if values else np.zeros(0)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return False
+    lo, hi = float(v.min()), float(v.max())
+    span = max(hi - lo, min_span)
+    i = 0 if axis == "x" else 1
+    cur_lo, cur_hi = plot.getViewBox().viewRange()[i]
+    if cur_lo <= lo and cur_hi >= hi and cur_hi - cur_lo <= 3 * span * (1 + 2 * headroom):
+        return False
+    mid = 0.5 * (lo + hi)
+    half = 0.5 * span + headroom * span
+    if axis == "x":
+        plot.setXRange(mid - half, mid + half, padding=0)
+    else:
+        plot.setYRange(mid - half, mid + half, padding=0)
+    return True
 
 
 class StableRanges:
