@@ -133,3 +133,22 @@ def test_held_range_moves_only_when_the_data_leaves_it(plot):
     assert hold_range(p, "y", [np.nan, 5.0, 5.0], min_span=2.0)  # a flat line: min_span wide
     y0, y1 = p.getViewBox().viewRange()[1]
     assert y0 < 4.0 and y1 > 6.0 and not hold_range(p, "y", [np.nan])
+
+
+def test_joint_grid_draws_one_x_axis_per_column_and_grid_lines_in_every_plot(qtbot):
+    from app.qt.plotting import joint_grid
+    from drivers import layout
+
+    c = canvas()
+    qtbot.addWidget(c)
+    c.resize(900, 700)
+    plots = joint_grid(c, lambda i, side, row: f"{side} {row}")
+    c.show()
+    plots[0].setXRange(-10, 0, padding=0)
+    qtbot.wait(50)
+    last = {layout.arm_slice(side).stop - 1 for side in layout.SIDES}
+    for i, p in enumerate(plots):
+        assert p.getAxis("bottom").isVisible() == (i in last), i
+        assert p.getAxis("left").isVisible()
+        xs = _points(p.grid.path())[:, 0]
+        assert {-8.0, -4.0} <= set(np.round(xs, 6).tolist()), i  # x grid lines where ticks are

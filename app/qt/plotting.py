@@ -357,7 +357,7 @@ class StableRanges:
 def joint_grid(canvas: pg.GraphicsLayoutWidget, title, left_width: int = 40,
                title_size: str = "7pt", min_span: float = 0.1) -> list[pg.PlotItem]:
     """The 14 joint plots in layout order on `canvas`: rows waist .. gripper, one column per arm,
-    x axes linked with only the bottom row's labelled (in s), small fixed cached axes, no mouse,
+    x axes linked with only the bottom row's shown (in s), small fixed cached axes, no mouse,
     menu or buttons, and a smallest y span (a still joint is a flat line, not magnified noise).
     title(i, side, row) gives each plot's title."""
     from PySide6.QtGui import QFont
@@ -381,7 +381,9 @@ def joint_grid(canvas: pg.GraphicsLayoutWidget, title, left_width: int = 40,
             plot.getAxis("left").setWidth(left_width)
             plot.getAxis("left").setStyle(maxTextLevel=0, tickFont=small)
             if row < layout.JOINTS_PER_ARM - 1:
-                plot.getAxis("bottom").setStyle(showValues=False)
+                # no axis of its own (its grid lines remain): a hidden axis costs no paint when a
+                # tab is first shown or the linked x range moves
+                plot.hideAxis("bottom")
             else:
                 plot.setLabel("bottom", "s")
             if first is None:
