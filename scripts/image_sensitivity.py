@@ -32,6 +32,9 @@ def main() -> int:
     ap.add_argument("--steps", default="20,60,100", help="steps of the episodes to check")
     ap.add_argument("--joints", default="right_",
                     help="joints compared: names starting with this (default the right arm)")
+    ap.add_argument("--per-joint", action="store_true",
+                    help="also each joint: its change, the demonstrations' difference, and their "
+                         "correlation over the swapped episodes")
     args = ap.parse_args()
 
     import torch
@@ -60,15 +63,22 @@ def main() -> int:
     for t in (int(s) for s in args.steps.split(",")):
         ref = sets[ids[0]][t]
         own = policy.infer(frames(ref), ref["state"], ref["instruction"], seed=0)
-        moved, apart = [], []
+        moved, apart = [], []   # per swapped episode, per joint: signed differences
         for e in ids[1:]:
             x = sets[e][t]
             swapped = policy.infer(frames(x), ref["state"], ref["instruction"], seed=0)
-            moved.append(np.abs(swapped[-1, cols] - own[-1, cols]).mean())
-            apart.append(np.abs(x["actions"][-1, cols] - ref["actions"][-1, cols]).mean())
-        m, a = float(np.mean(moved)), float(np.mean(apart))
+            moved.append(swapped[-1, cols] - own[-1, cols])
+            apart.append(x["actions"][-1, cols] - ref["actions"][-1, cols])
+        moved, apart = np.asarray(moved), np.asarray(apart)
+        m, a = float(np.abs(moved).mean()), float(np.abs(apart).mean())
         print(f"step {t:4d}: swapping the frames moves the predicted {args.joints}* joints by "
               f"{m:.4f} rad; the demonstrations are {a:.4f} rad apart; ratio {m / max(a, 1e-9):.2f}")
+        if args.per_joint:
+            for j, c in enumerate(cols):
+                p, d = moved[:, j], apart[:, j]
+                corr = np.corrcoef(p, d)[0, 1] if p.std() > 0 and d.std() > 0 else float("nan")
+                print(f"  {names[c]:22s} moves {np.abs(p).mean():.4f}, demonstrations "
+                      f"{np.abs(d).mean():.4f} apart, correlation {corr:.2f}")
     return 0
 
 

@@ -272,10 +272,11 @@ def test_the_policy_check_scripts_run_on_a_trained_run(store_dir, tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, str(root / "scripts/image_sensitivity.py"), "--policy",
                           str(tmp_path / "run"), "--store", str(store_dir), "--episodes", "1-3",
-                          "--steps", "5,20"], capture_output=True, text=True, timeout=300)
+                          "--steps", "5,20", "--per-joint"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.strip().splitlines()
+    lines = [ln for ln in out.stdout.strip().splitlines() if ln.startswith("step")]
     assert [ln.split(":")[0] for ln in lines] == ["step    5", "step   20"], out.stdout
+    assert sum("right_waist" in ln for ln in out.stdout.splitlines()) == 2  # --per-joint
     ratios = [float(ln.rsplit("ratio", 1)[1]) for ln in lines]
     assert all(r >= 0 for r in ratios)
     out = subprocess.run([sys.executable, str(root / "scripts/open_loop.py"), "--policy",
