@@ -280,7 +280,7 @@ class XR0Policy:
                 h, w = self.image_size
                 frame = np.asarray(Image.fromarray(frame).resize((w, h), Image.Resampling.BILINEAR))
             if self.center_crop < 1.0:
-                x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()
+                x = torch.from_numpy(np.array(frame, dtype=np.float32)).permute(2, 0, 1)[None]
                 x = center_crop(x / 255.0, self.center_crop)
                 frame = (x[0].permute(1, 2, 0) * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
             views.append(frame)
