@@ -1,0 +1,123 @@
+"""Where did the grasping gripper go? For each transfer-cube episode saved by
+`main.py run --rig sim --save DIR` (stepping mode: episode_SEED.npz + .json), the right fingertip's
+path from the follower's measured joints (forward kinematics on the sim model) against the cube's
+resting position (placed from the episode's seed as the sim places it, then settled).
+
+    .venv/bin/python main.py run --rig sim --policy CKPT --task "transfer the cube" \\
+        --episodes 20 --seed 100000 --save runs/eval
+    .venv/bin/python scripts/grasp_error.py runs/eval
+
+Per episode: the closest the fingertip came to the cube and at which step, the step at which the
+right gripper began to close after opening, and the fingertip minus cube offset (cm, x y z in the
+world frame) at that step. A policy that reads the scene closes near 0 offset; one that misses
+shows whether it falls short (x), aims to a side (y) or closes too high or too early (z, step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+OPEN_ABOVE = 0.8     # normalised gripper opening (0 closed .. 1 open) that counts as opened
+CLOSING_DROP = 0.1   # a fall this far below the widest opening so far counts as closing
+
+
+def fingertip_path(states: np.ndarray, side: str = "right") -> np.ndarray:
+    """(T, 3) world positions of the point between the fingertips of one arm, from (T, 14)
+    follower states."""
+    import mujoco
+
+    from drivers import layout
+    from drivers.sim.operator import TIP
+    from drivers.sim.scene import SceneIndex, build_model
+
+    model = build_model("transfer_cube", 64, 48)
+    data = mujoco.MjData(model)
+    arm = SceneIndex.of(model).arms[side]
+    s = layout.arm_slice(side)
+    out = np.empty((len(states), 3))
+    for i, q in enumerate(states):
+        data.qpos[list(arm.qpos)] = q[s.start:s.start + 6]
+        mujoco.mj_kinematics(model, data)
+        rot = data.xmat[arm.gripper_body].reshape(3, 3)
+        out[i] = data.xpos[arm.gripper_body] + rot @ TIP
+    return out
+
+
+def cube_at_rest(seed: int) -> np.ndarray:
+    """The cube's centre once it has settled on the table: the episode's start (arms at the start
+    pose, the cube where the seed places it) stepped 1 s of physics."""
+    import mujoco
+
+    from drivers.sim.scene import build_model
+    from drivers.sim.tasks import TASKS
+
+    model = build_model("transfer_cube", 64, 48)
+    data = mujoco.MjData(model)
+    TASKS["transfer_cube"].reset(model, data, seed)
+    for _ in range(int(1.0 / model.opt.timestep)):
+        mujoco.mj_step(model, data)
+    return data.qpos[16:19].copy()
+
+
+def grasp_error(npz: Path) -> dict:
+    """The figures of one saved episode."""
+    from drivers import layout
+
+    meta = json.loads(npz.with_suffix(".json").read_text())["meta"]
+    if meta.get("task") != "transfer_cube":
+        raise ValueError(f"{npz.name}: task {meta.get('task')!r}, not transfer_cube")
+    z = np.load(npz)
+    states = z["step_state"]
+    cube = cube_at_rest(int(meta["seed"]))
+    tips = fingertip_path(states)
+    dist = np.linalg.norm(tips - cube, axis=1)
+    g = states[:, layout.arm_slice("right").start + 6]
+    widest = np.maximum.accumulate(g)
+    # closing: the gripper was opened, and now falls well below its widest opening (on a
+    # grasped cube it stops part-way, so a fixed "closed" threshold would miss it)
+    closing = np.flatnonzero((widest >= OPEN_ABOVE) & (g < widest - CLOSING_DROP))
+    close = int(closing[0]) if len(closing) else None
+    return {"seed": int(meta["seed"]), "success": bool(meta.get("success")),
+            "closest_cm": float(dist.min() * 100), "closest_step": int(dist.argmin()),
+            "close_step": close,
+            "offset_cm": None if close is None else [float(v) for v in (tips[close] - cube) * 100]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", help="a `main.py run --save` folder")
+    ap.add_argument("--json", action="store_true", help="one JSON line per episode")
+    args = ap.parse_args()
+    files = sorted(Path(args.folder).glob("episode_*.npz"))
+    if not files:
+        print(f"no episode_*.npz in {args.folder}: save a stepping run there with "
+              "`main.py run --rig sim ... --save FOLDER`", file=sys.stderr)
+        return 2
+    rows = [grasp_error(f) for f in files]
+    for r in rows:
+        if args.json:
+            print(json.dumps(r))
+            continue
+        off = ("never closed" if r["offset_cm"] is None else
+               "closed at step {} with offset x {:+.1f} y {:+.1f} z {:+.1f} cm".format(
+                   r["close_step"], *r["offset_cm"]))
+        print(f"seed {r['seed']}: {'success' if r['success'] else 'failure'}, closest "
+              f"{r['closest_cm']:.1f} cm at step {r['closest_step']}, {off}")
+    offs = np.array([r["offset_cm"] for r in rows if r["offset_cm"] is not None])
+    if len(offs) and not args.json:
+        print("mean offset at closing (cm): x {:+.1f} y {:+.1f} z {:+.1f}; mean |offset| "
+              "{:.1f} cm; median closest approach {:.1f} cm".format(
+                  *offs.mean(0), float(np.linalg.norm(offs, axis=1).mean()),
+                  float(np.median([r["closest_cm"] for r in rows]))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
