@@ -262,6 +262,25 @@ def test_state_dropout_zeroes_a_share_of_the_states_and_only_in_training(store_d
     assert (state.abs().sum(-1) > 0).all()   # validation and inference see every state
 
 
+def test_state_noise_perturbs_the_state_input_only_in_training(store_dir, tmp_path):
+    from xr0.data.dataset import collate
+
+    with pytest.raises(ValueError, match="--state-noise"):
+        tiny(state_noise=-0.1)
+    tr = Trainer(tiny(state_noise=0.05), store_dir, tmp_path / "run", episodes="1-4")
+    tr.setup()
+    batch = collate([tr.train_ds[i] for i in range(0, len(tr.train_ds), max(1, len(tr.train_ds) // 64))])
+    clean = tr.layout.to_model(batch["state"].float())
+    _, noisy, actions, _ = tr._tensors(batch, torch.Generator().manual_seed(0), augment=True)
+    real = torch.from_numpy(tr.layout.mask)                 # the rig's own joints, not the padding
+    diff = (noisy - clean)[:, real]
+    assert 0.04 < diff.std().item() < 0.06, diff.std()
+    assert (noisy - clean)[:, ~real].abs().max() == 0       # padding stays zero
+    _, plain, targets, _ = tr._tensors(batch, torch.Generator().manual_seed(0), augment=False)
+    assert torch.equal(plain, clean)                         # validation and inference: exact
+    assert torch.equal(actions, targets)                     # the targets are never perturbed
+
+
 def test_the_policy_check_scripts_run_on_a_trained_run(store_dir, tmp_path):
     import subprocess
     import sys

@@ -38,6 +38,9 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, help="warm-up steps")
     p.add_argument("--state-dropout", type=float,
                    help="probability that a sample's state input is zeroed in training")
+    p.add_argument("--state-noise", type=float,
+                   help="std of Gaussian noise on the state input in training (rad; grippers "
+                        "0..1); the action targets stay the demonstration's")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--keep-checkpoints", type=int,
                    help="how many of the newest checkpoints to keep (0: all; default 3)")
@@ -61,6 +64,7 @@ def _config(args):
                        ("val_episodes", "val_episodes"), ("lr", "lr"), ("warmup", "warmup_steps"),
                        ("checkpoint_every", "checkpoint_every"), ("val_every", "val_every"),
                        ("keep_checkpoints", "keep_checkpoints"), ("state_dropout", "state_dropout"),
+                       ("state_noise", "state_noise"),
                        ("workers", "num_workers"), ("seed", "seed"), ("base", "base")):
         if getattr(args, arg) is not None:
             changes[field] = getattr(args, arg)

@@ -66,6 +66,12 @@ class TrainConfig:
     # probability that a training sample's state input is zeroed, so that the model must read
     # the scene from the images instead of extrapolating the arm's own motion
     state_dropout: float = 0.0
+    # standard deviation of Gaussian noise added to a training sample's state input (rig units:
+    # radians, grippers 0..1) while its action targets stay the demonstration's: the demonstrated
+    # states lie on a thin set of smooth paths, and a policy that has only seen those meets a
+    # state slightly off them at its first chunk boundary and drifts further; with noise, a state
+    # off the path is paired with the absolute targets that lead back to it
+    state_noise: float = 0.0
     num_workers: int = 2
     seed: int = 0
     # model changes applied when `base` is a preset name (training from scratch)
@@ -85,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"--val-episodes must be 0 or more, got {self.val_episodes}")
         if not 0.0 <= self.state_dropout < 1.0:
             raise ValueError(f"--state-dropout must be in [0, 1), got {self.state_dropout}")
+        if not 0.0 <= self.state_noise <= 1.0:
+            raise ValueError(f"--state-noise must be in [0, 1] (rig units), got {self.state_noise}")
 
     def replace(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)

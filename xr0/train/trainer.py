@@ -243,7 +243,10 @@ class Trainer:
                               generator=generator, augment_images=augment and self.cfg.augment,
                               crop_scale=self.cfg.crop_scale, jitter_p=self.cfg.jitter_p)
         dev = self.info.device
-        state = self.layout.to_model(batch["state"].float())
+        state = batch["state"].float()
+        if augment and self.cfg.state_noise > 0:
+            state = state + self.cfg.state_noise * torch.randn(state.shape, generator=generator)
+        state = self.layout.to_model(state)
         if augment and self.cfg.state_dropout > 0:
             keep = torch.rand(state.shape[0], generator=generator) >= self.cfg.state_dropout
             state = state * keep[:, None].to(state)
