@@ -1,6 +1,7 @@
 """`python main.py record --rig sim|CONFIG --task TEXT --episodes N [--seconds S] --store DIR
-[--json]`: record demonstrations headless. On the sim rig the scripted operator plays the leader
-arms (one seeded episode each); on hardware the leader arms drive the followers, with a warm-up
+[--stepping] [--json]`: record demonstrations headless. On the sim rig the scripted operator plays
+the leader arms (one seeded episode each), in real time or, with --stepping, one control period at
+a time with every camera frame; on hardware the leader arms drive the followers, with a warm-up
 before and a reset period after each episode."""
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--quality", default="high", choices=("high", "lossless"),
                    help="video: H.264 high quality (default) or lossless")
     p.add_argument("--tag", action="append", default=[], help="tag the episodes (repeatable)")
+    p.add_argument("--stepping", action="store_true",
+                   help="sim rig: step the sim instead of running it in real time, so every "
+                        "control step and camera frame is recorded whatever the CPU load")
     p.add_argument("--json", action="store_true", help="JSON lines: phases, episodes, summary")
     p.set_defaults(func=run)
 
@@ -57,6 +61,8 @@ def run(args) -> int:
             print(f"episode {ev['id']} saved: {ev['duration_s']:.1f} s, {ev['steps']} steps, "
                   f"frames {frames}, success {ev['success']}")
 
+    if args.stepping:
+        return _run_stepping(args, cfg, store, seconds, on_event)
     plan = CyclePlan(task=args.task, episodes=args.episodes, seconds=seconds,
                      warmup_s=args.warmup, reset_s=args.reset, tags=tuple(args.tag),
                      quality=args.quality)
@@ -79,5 +85,29 @@ def run(args) -> int:
         print(f"{len(cycle.done)} episode(s) recorded into {args.store}")
     if cycle.error:
         error(cycle.error)
+        return 1
+    return 0
+
+
+def _run_stepping(args, cfg, store, seconds, on_event) -> int:
+    from app.core.sim_record import SimRecordError, record_stepping
+    from store import StoreError
+    from store.video import VideoError
+
+    done, err = [], ""
+    try:
+        done = record_stepping(cfg, store, args.task, args.episodes, seconds, tags=tuple(args.tag),
+                               quality=args.quality, on_event=on_event)
+    except (SimRecordError, StoreError, VideoError, ValueError) as e:
+        err = str(e)
+    finally:
+        store.close()
+    if args.json:
+        emit_json({"event": "summary", "store": str(args.store), "episodes": [i.id for i in done],
+                   "error": err})
+    else:
+        print(f"{len(done)} episode(s) recorded into {args.store}")
+    if err:
+        error(err)
         return 1
     return 0

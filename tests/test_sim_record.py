@@ -1,0 +1,98 @@
+"""Stepping-mode sim recording (`main.py record --stepping`): the real sim rig, the real teleop
+path, real video files and a real store; every step and every frame, deterministic per seed, and a
+failure mid-episode leaves the earlier episodes complete."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.core.sim_record import SimRecordError, record_stepping
+from drivers.sim.rig import SimRig
+from store import EpisodeStore
+from store.video import VideoReader
+from xr0.data.dataset import EpisodeDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_cli_records_every_step_and_every_frame_at_its_sim_time(tmp_path):
+    store = tmp_path / "store"
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "record", "--rig", "sim", "--task",
+                        "transfer the cube", "--episodes", "2", "--seconds", "1", "--store",
+                        str(store), "--stepping", "--json"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    events = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert events[-1] == {"event": "summary", "store": str(store), "episodes": [1, 2], "error": ""}
+    eps = [e for e in events if e["event"] == "episode"]
+    assert [e["seed"] for e in eps] == [eps[0]["seed"], eps[0]["seed"] + 1]
+    with EpisodeStore.open(store) as st:
+        for e in eps:
+            info = st.info(e["id"])
+            assert info.status == "complete" and info.steps == 50
+            assert f"seed:{e['seed']}" in info.tags
+            data = st.episode(e["id"])
+            assert np.allclose(np.diff(data.t), 0.02, atol=1e-6)      # 50 Hz of sim time
+            for cam, (_, _, fps) in data.cameras.items():
+                ft = data.frame_times[cam]
+                assert len(ft) == round(1.0 * fps), (cam, len(ft))     # none lost
+                assert VideoReader(info.folder / info.videos[cam]).frame_count == len(ft)
+    # the training view pairs every step with a frame at most one control period old
+    ds = EpisodeDataset(store, [1, 2], cameras=["top"], image_size=(48, 64), chunk=10)
+    ep = ds._episodes[0]
+    ages = [ep.t[s] - ep.frame_times["top"][ds.frame_index(0, "top", s)] for s in range(1, 50)]
+    assert 0 <= min(ages) and max(ages) <= 0.02 + 1e-6
+
+
+def test_the_same_seed_records_the_same_episode(sim_config, tmp_path):
+    cfg = sim_config.with_(cameras=sim_config.cameras[:1])
+    runs = []
+    for k in range(2):
+        with EpisodeStore.open(tmp_path / f"s{k}") as st:
+            [info] = record_stepping(cfg, st, "transfer the cube", 1, seconds=0.6, seeds=[11])
+            runs.append(st.episode(info.id))
+    a, b = runs
+    assert len(a.t) == 30 and np.array_equal(a.state, b.state)
+    assert np.array_equal(a.action, b.action) and np.array_equal(a.leader, b.leader)
+    # the action is the teleop command: it leads the follower, which tracks it
+    assert np.abs(a.action[-1] - a.state[-1]).max() < 0.2
+    assert np.abs(a.state[-1] - a.state[0]).max() > 0.01               # the arms moved
+
+
+def test_a_failure_mid_episode_keeps_the_earlier_episodes(sim_config, tmp_path, monkeypatch):
+    cfg = sim_config.with_(cameras=sim_config.cameras[:1])
+    calls = {"n": 0}
+    step = SimRig.step
+
+    def failing_step(self):
+        calls["n"] += 1
+        if calls["n"] == 30 + 10:          # the second episode's 10th step
+            raise RuntimeError("the sim failed")
+        step(self)
+
+    monkeypatch.setattr(SimRig, "step", failing_step)
+    with EpisodeStore.open(tmp_path / "store") as st:
+        with pytest.raises(RuntimeError, match="the sim failed"):
+            record_stepping(cfg, st, "transfer the cube", 2, seconds=0.6, seeds=[3, 4])
+        first, second = st.episodes(status=None)
+        assert first.status == "complete" and first.steps == 30 and st.problem(first.id) is None
+        assert second.status == "incomplete"
+
+
+def test_hardware_rigs_and_bad_arguments_are_refused(sim_config, tmp_path):
+    from drivers.config import load_rig_config
+
+    with EpisodeStore.open(tmp_path / "store") as st:
+        with pytest.raises(SimRecordError, match="needs a sim rig"):
+            record_stepping(load_rig_config("aloha"), st, "transfer the cube", 1)
+        with pytest.raises(ValueError, match="at least 1"):
+            record_stepping(sim_config, st, "transfer the cube", 0)
+        with pytest.raises(ValueError, match="seeds given"):
+            record_stepping(sim_config, st, "transfer the cube", 2, seeds=[1])
+        assert st.episodes(status=None) == []
