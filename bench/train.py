@@ -1,5 +1,5 @@
 """Proof that fine-tuning learns: scripted sim demonstrations of transfer cube recorded through
-`main.py record`, xr0-tiny trained from scratch on the CPU with `main.py train --preset
+`main.py record --stepping` (every control step and camera frame, whatever the load), xr0-tiny trained from scratch on the CPU with `main.py train --preset
 tiny-scratch`, then evaluated with `main.py run --policy CHECKPOINT` over seeded episodes whose
 seeds no demonstration used (the sim's own success test, as gym-aloha scores it).
 
@@ -107,13 +107,14 @@ def run(quick: bool = False) -> Iterator[Figure]:
             yield Figure("train", "demonstrations recorded", n, "episodes", anchor=(
                 f"scripted sim operator, transfer cube; reused from {store}"))
         else:
+            # stepping: every step and camera frame whatever the load on the cores
             rec = ["record", "--rig", "sim", "--task", TASK, "--episodes", str(demos),
-                   "--store", str(store)]
+                   "--store", str(store), "--stepping"]
             if seconds:
                 rec += ["--seconds", str(seconds)]
             _, record_s, _, _ = _run(rec, timeout=3600)
             yield Figure("train", "demonstrations recorded", demos, "episodes", anchor=(
-                f"scripted sim operator, transfer cube, {record_s:.0f} s to record"))
+                f"scripted sim operator, transfer cube, stepping mode, {record_s:.0f} s to record"))
 
         train = ["train", "--store", str(store), "--base", "xr0-tiny", "--preset", "tiny-scratch",
                  "--out", str(out), "--val-episodes", "1" if quick else "2",
