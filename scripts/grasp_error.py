@@ -16,6 +16,7 @@ shows whether it falls short (x), aims to a side (y) or closes too high or too e
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -28,6 +29,14 @@ OPEN_ABOVE = 0.8     # normalised gripper opening (0 closed .. 1 open) that coun
 CLOSING_DROP = 0.1   # a fall this far below the widest opening so far counts as closing
 
 
+@functools.cache
+def _model():
+    """The transfer-cube scene, compiled once (cameras at a token size: nothing is rendered)."""
+    from drivers.sim.scene import build_model
+
+    return build_model("transfer_cube", 64, 48)
+
+
 def fingertip_path(states: np.ndarray, side: str = "right") -> np.ndarray:
     """(T, 3) world positions of the point between the fingertips of one arm, from (T, 14)
     follower states."""
@@ -35,9 +44,9 @@ def fingertip_path(states: np.ndarray, side: str = "right") -> np.ndarray:
 
     from drivers import layout
     from drivers.sim.operator import TIP
-    from drivers.sim.scene import SceneIndex, build_model
+    from drivers.sim.scene import SceneIndex
 
-    model = build_model("transfer_cube", 64, 48)
+    model = _model()
     data = mujoco.MjData(model)
     arm = SceneIndex.of(model).arms[side]
     s = layout.arm_slice(side)
@@ -55,10 +64,9 @@ def cube_at_rest(seed: int) -> np.ndarray:
     pose, the cube where the seed places it) stepped 1 s of physics."""
     import mujoco
 
-    from drivers.sim.scene import build_model
     from drivers.sim.tasks import TASKS
 
-    model = build_model("transfer_cube", 64, 48)
+    model = _model()
     data = mujoco.MjData(model)
     TASKS["transfer_cube"].reset(model, data, seed)
     for _ in range(int(1.0 / model.opt.timestep)):
