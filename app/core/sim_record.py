@@ -83,18 +83,16 @@ def _record_episode(rig: SimRig, cfg: RigConfig, store: EpisodeStore, task: str,
     seen = {n: 0 for n in cams}
     t0 = now()
 
-    def last_seq(cam) -> int:
+    def latest(cam):
         try:
-            return cam.latest().seq
+            return cam.latest()
         except ConnectionFailed:            # nothing rendered yet
-            return 0
+            return None
 
     def take_frames() -> None:
         for name, cam in cams.items():
-            if last_seq(cam) == seen[name]:
-                continue
-            f = cam.latest()
-            if f.t_device is not None:
+            f = latest(cam)
+            if f is not None and f.seq != seen[name] and f.t_device is not None:
                 videos[name].write(f.color, t0 + f.t_device)
                 writer.add_frame_time(name, t0 + f.t_device)
                 seen[name] = f.seq
@@ -103,7 +101,8 @@ def _record_episode(rig: SimRig, cfg: RigConfig, store: EpisodeStore, task: str,
         for name, cam in cams.items():
             videos[name] = VideoWriter(writer.camera_path(name), cam.config.width,
                                        cam.config.height, cam.config.fps, quality=quality)
-            seen[name] = last_seq(cam)    # a frame of the previous episode is not this one's
+            f = latest(cam)               # a frame of the previous episode is not this one's
+            seen[name] = f.seq if f is not None else 0
         teleop = Teleop(rig)
         teleop.engage()
         for _ in range(steps):
@@ -111,7 +110,9 @@ def _record_episode(rig: SimRig, cfg: RigConfig, store: EpisodeStore, task: str,
             take_frames()
             out = teleop.step(st)
             if teleop.state is TeleopState.STOPPED:
-                raise SimRecordError(f"teleop stopped: {teleop.stop_reason}")
+                raise SimRecordError(f"teleop stopped the followers: {teleop.stop_reason}. The "
+                                     "episode was kept as incomplete (discard it); earlier "
+                                     "episodes are intact")
             action = out.command if out is not None else st.follower
             reward = float(st.info.get("reward", float("nan")))
             writer.add_step(t0 + rig.episode_time, st.follower, action, leader=st.leader,
