@@ -11,6 +11,12 @@ Per episode: the closest the fingertip came to the cube and at which step, the s
 right gripper began to close after opening, and the fingertip minus cube offset (cm, x y z in the
 world frame) at that step. A policy that reads the scene closes near 0 offset; one that misses
 shows whether it falls short (x), aims to a side (y) or closes too high or too early (z, step).
+
+Over the episodes: the localisation gain along x and y, the slope of a least-squares line
+through (where the cube lay, where the fingertip closed). A policy that follows the cube has a
+gain near 1; one that reaches for where the cube usually is has a gain near 0, and its misses
+grow with the cube's distance from the middle of its range. The residual (cm) is the scatter
+about that line.
 """
 
 from __future__ import annotations
@@ -93,9 +99,27 @@ def grasp_error(npz: Path) -> dict:
     closing = np.flatnonzero((widest >= OPEN_ABOVE) & (g < widest - CLOSING_DROP))
     close = int(closing[0]) if len(closing) else None
     return {"seed": int(meta["seed"]), "success": bool(meta.get("success")),
+            "cube_cm": [float(v) for v in cube * 100],
             "closest_cm": float(dist.min() * 100), "closest_step": int(dist.argmin()),
             "close_step": close,
             "offset_cm": None if close is None else [float(v) for v in (tips[close] - cube) * 100]}
+
+
+def localisation_gain(rows: list[dict]) -> dict | None:
+    """Per horizontal axis, the slope and residual std (cm) of fingertip-at-closing on the
+    cube's position over the episodes that closed; None with fewer than 3 of them."""
+    closed = [r for r in rows if r["offset_cm"] is not None]
+    if len(closed) < 3:
+        return None
+    cube = np.array([r["cube_cm"] for r in closed])
+    tip = cube + np.array([r["offset_cm"] for r in closed])
+    out = {}
+    for k, axis in enumerate("xy"):
+        slope, icpt = np.polyfit(cube[:, k], tip[:, k], 1)
+        resid = tip[:, k] - (slope * cube[:, k] + icpt)
+        out[axis] = {"gain": float(slope), "residual_cm": float(resid.std()),
+                     "cube_std_cm": float(cube[:, k].std())}
+    return out
 
 
 def main() -> int:
@@ -124,6 +148,14 @@ def main() -> int:
               "{:.1f} cm; median closest approach {:.1f} cm".format(
                   *offs.mean(0), float(np.linalg.norm(offs, axis=1).mean()),
                   float(np.median([r["closest_cm"] for r in rows]))))
+    gain = localisation_gain(rows)
+    if gain is not None:
+        if args.json:
+            print(json.dumps({"localisation_gain": gain}))
+        else:
+            print("localisation gain (fingertip at closing on cube position): " + "; ".join(
+                f"{a} {g['gain']:.2f} (residual {g['residual_cm']:.1f} cm, cube spread "
+                f"{g['cube_std_cm']:.1f} cm)" for a, g in gain.items()))
     return 0
 
 

@@ -118,22 +118,30 @@ def test_run_refuses_a_policy_that_needs_missing_cameras(ckpt, tmp_path):
 
 def test_grasp_error_locates_the_fingertip_against_the_cube(ckpt, tmp_path):
     """scripts/grasp_error.py on saved stepping runs: the scripted operator closes the right
-    gripper on the cube (offset under 1 cm); an untrained checkpoint does not come near it."""
-    for policy, folder in (("scripted", "scripted"), (str(ckpt), "untrained")):
+    gripper on the cube (offset under 1 cm) wherever the cube lies (localisation gain 1); an
+    untrained checkpoint does not come near it."""
+    for policy, folder, n in (("scripted", "scripted", "3"), (str(ckpt), "untrained", "1")):
         r, _ = run_cli("--policy", policy, "--task", "transfer the cube", "--seed", "7",
-                       "--inject-delay-steps", "2", "--save", str(tmp_path / folder))
+                       "--episodes", n, "--inject-delay-steps", "2", "--save", str(tmp_path / folder))
         assert r.returncode == 0, r.stderr[-3000:]
-    out = {}
+    out, gains = {}, {}
     for folder in ("scripted", "untrained"):
         r = subprocess.run([sys.executable, str(ROOT / "scripts/grasp_error.py"),
                             str(tmp_path / folder), "--json"], capture_output=True, text=True,
                            timeout=120, cwd=ROOT)
         assert r.returncode == 0, r.stderr[-3000:]
-        [out[folder]] = [json.loads(x) for x in r.stdout.splitlines()]
-    s, u = out["scripted"], out["untrained"]
-    assert s["seed"] == 7 and s["success"] and s["closest_cm"] < 1.0
-    assert s["close_step"] is not None and float(np.linalg.norm(s["offset_cm"])) < 1.0
+        lines = [json.loads(x) for x in r.stdout.splitlines()]
+        out[folder] = [x for x in lines if "seed" in x]
+        gains[folder] = [x["localisation_gain"] for x in lines if "localisation_gain" in x]
+    assert [e["seed"] for e in out["scripted"]] == [7, 8, 9]
+    for s in out["scripted"]:
+        assert s["success"] and s["closest_cm"] < 1.0
+        assert s["close_step"] is not None and float(np.linalg.norm(s["offset_cm"])) < 1.0
+    [gain] = gains["scripted"]
+    assert all(0.9 < gain[a]["gain"] < 1.1 and gain[a]["residual_cm"] < 1.0 for a in "xy"), gain
+    [u] = out["untrained"]
     assert not u["success"] and u["closest_cm"] > 3.0
+    assert gains["untrained"] == []                          # one episode: no line to fit
     empty = subprocess.run([sys.executable, str(ROOT / "scripts/grasp_error.py"),
                             str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60)
     assert empty.returncode == 2 and "--save" in empty.stderr
