@@ -281,6 +281,68 @@ def test_state_noise_perturbs_the_state_input_only_in_training(store_dir, tmp_pa
     assert torch.equal(actions, targets)                     # the targets are never perturbed
 
 
+def test_crop_scale_one_keeps_every_view_in_place_and_the_policy_infers_uncropped(store_dir, tmp_path):
+    from app.cli.train import _config, register
+    from xr0.data.dataset import collate
+    from xr0.policy import XR0Policy
+
+    with pytest.raises(ValueError, match="--crop-scale"):
+        tiny(crop_scale=0.3)
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--store", "s", "--out", "o", "--preset", "tiny-scratch",
+                              "--crop-scale", "1"])
+    assert _config(args).crop_scale == 1.0
+
+    def pixels(cfg):
+        tr = Trainer(cfg, store_dir, tmp_path / f"probe{cfg.crop_scale}", episodes="1-4")
+        tr.setup()
+        batch = collate([tr.train_ds[i] for i in range(4)])
+        seen = tr._tensors(batch, torch.Generator().manual_seed(0), augment=True)[0].pixel_values
+        return seen, tr._tensors(batch, None, augment=False)[0].pixel_values
+
+    seen, plain = pixels(tiny(crop_scale=1.0, jitter_p=0.0))
+    assert torch.allclose(seen, plain, atol=1e-5)          # no crop, no jitter: the frames as stored
+    seen, plain = pixels(tiny(crop_scale=0.95, jitter_p=0.0))
+    assert not torch.allclose(seen, plain, atol=1e-2)      # the default crop moves them
+    code, events = run(tiny(steps=2, val_every=2, checkpoint_every=2, crop_scale=1.0), store_dir,
+                       tmp_path / "run")
+    assert code == EXIT_DONE, events[-1]
+    assert XR0Policy.from_checkpoint(tmp_path / "run").center_crop == 1.0
+
+
+def test_a_conv_stem_run_from_scratch_infers_and_a_checkpoint_base_refuses_a_new_stem(store_dir, tmp_path):
+    import argparse
+
+    from app.cli.train import _config, register
+    from xr0.model.stem import ConvPatchStem
+    from xr0.policy import XR0Policy
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--store", "s", "--out", "o", "--preset", "tiny-scratch",
+                              "--base", "xr0-tiny", "--vision-stem", "conv"])
+    cfg = _config(args)
+    assert cfg.model_changes == {"vision_stem": "conv"}
+    code, events = run(tiny(steps=2, val_every=2, checkpoint_every=2,
+                            model_changes={"vision_stem": "conv"}), store_dir, tmp_path / "run")
+    assert code == EXIT_DONE, events[-1]
+    ckpt = RunDir(tmp_path / "run").last_checkpoint()
+    _, mcfg, _, _ = load_checkpoint(ckpt)
+    assert mcfg.vision_stem == "conv"
+    policy = XR0Policy.from_checkpoint(tmp_path / "run")
+    assert isinstance(policy.model.vlm.model.visual.patch_embed, ConvPatchStem)
+    images = {c: np.zeros((96, 128, 3), np.uint8) for c in ("top", "left_wrist")}
+    chunk = policy.infer(images, np.zeros(len(RIG_JOINT_NAMES)), "transfer the cube", seed=0)
+    assert chunk.shape == (30, len(RIG_JOINT_NAMES)) and np.isfinite(chunk).all()
+    # a checkpoint holds its own model: asking for another stem is refused before training
+    code, events = run(tiny(base=str(ckpt), model_changes={"vision_stem": "patch"}), store_dir,
+                       tmp_path / "again")
+    assert code == EXIT_BAD_INPUT and "cannot change" in events[-1]["message"], events[-1]
+
+
 def test_the_policy_check_scripts_run_on_a_trained_run(store_dir, tmp_path):
     import subprocess
     import sys

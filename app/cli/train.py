@@ -41,6 +41,13 @@ def register(sub) -> None:
     p.add_argument("--state-noise", type=float,
                    help="std of Gaussian noise on the state input in training (rad; grippers "
                         "0..1); the action targets stay the demonstration's")
+    p.add_argument("--crop-scale", type=float,
+                   help="side of the random crop as a fraction of the image (default 0.95; 1 "
+                        "turns the crop off, for fixed cameras whose place in the image carries "
+                        "the target's position)")
+    p.add_argument("--vision-stem", choices=("patch", "conv"),
+                   help="with --base xr0-tiny: the vision tower's patch embedding (patch, as "
+                        "Qwen3-VL) or a strided convolutional stem on the same grid (conv)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--keep-checkpoints", type=int,
                    help="how many of the newest checkpoints to keep (0: all; default 3)")
@@ -64,12 +71,14 @@ def _config(args):
                        ("val_episodes", "val_episodes"), ("lr", "lr"), ("warmup", "warmup_steps"),
                        ("checkpoint_every", "checkpoint_every"), ("val_every", "val_every"),
                        ("keep_checkpoints", "keep_checkpoints"), ("state_dropout", "state_dropout"),
-                       ("state_noise", "state_noise"),
+                       ("state_noise", "state_noise"), ("crop_scale", "crop_scale"),
                        ("workers", "num_workers"), ("seed", "seed"), ("base", "base")):
         if getattr(args, arg) is not None:
             changes[field] = getattr(args, arg)
     if args.cameras:
         changes["cameras"] = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
+    if args.vision_stem:
+        changes["model_changes"] = {"vision_stem": args.vision_stem}
     if args.image_size:
         try:
             h, w = (int(v) for v in args.image_size.lower().split("x"))

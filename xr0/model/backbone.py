@@ -13,6 +13,7 @@ from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from xr0.model.config import XR0Config
 from xr0.model.processor import BackboneInputs
+from xr0.model.stem import install_conv_stem
 
 
 @dataclass
@@ -43,7 +44,10 @@ def build_vlm(cfg: XR0Config) -> Qwen3VLForConditionalGeneration:
     vlm_config._attn_implementation = "sdpa"
     vlm_config.text_config._attn_implementation = "sdpa"
     vlm_config.vision_config._attn_implementation = "sdpa"
-    return Qwen3VLForConditionalGeneration(vlm_config)
+    vlm = Qwen3VLForConditionalGeneration(vlm_config)
+    if cfg.vision_stem == "conv":
+        install_conv_stem(vlm.model.visual)
+    return vlm
 
 
 def prefill(vlm: Qwen3VLForConditionalGeneration, inputs: BackboneInputs, first_layer: int

@@ -59,10 +59,16 @@ class XR0Config:
     # so a loader of an official checkpoint should take them from that file.
     min_pixels: int = 65536
     max_pixels: int = 16777216
+    # "patch": Qwen3-VL's own patch embedding (the released checkpoints); "conv": a strided
+    # convolutional stem on the same patch grid, for small towers trained from scratch
+    # (xr0/model/stem.py)
+    vision_stem: Literal["patch", "conv"] = "patch"
 
     def __post_init__(self) -> None:
         if self.attention_rule not in ("lambda", "causal"):
             raise ValueError(f"attention_rule must be 'lambda' or 'causal', got {self.attention_rule!r}")
+        if self.vision_stem not in ("patch", "conv"):
+            raise ValueError(f"vision_stem must be 'patch' or 'conv', got {self.vision_stem!r}")
         text = self.text_config
         if self.dit.num_hidden_layers > text["num_hidden_layers"]:
             raise ValueError(

@@ -93,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"--state-dropout must be in [0, 1), got {self.state_dropout}")
         if not 0.0 <= self.state_noise <= 1.0:
             raise ValueError(f"--state-noise must be in [0, 1] (rig units), got {self.state_noise}")
+        if not 0.5 <= self.crop_scale <= 1.0:
+            raise ValueError(f"--crop-scale must be in [0.5, 1], got {self.crop_scale}")
 
     def replace(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)

@@ -165,6 +165,10 @@ class Trainer:
 
             mcfg = model_preset(base, **self.cfg.model_changes)
             return XR0Model.from_config(mcfg), mcfg, load_tokenizer(), None
+        if self.cfg.model_changes:
+            raise TrainError(f"--base {base} is a checkpoint: its model is what it holds, so "
+                             f"{sorted(self.cfg.model_changes)} cannot change; build a new model "
+                             "from --base xr0-tiny instead")
         if not Path(base).is_dir():
             raise FileNotFoundError(f"base checkpoint {base} does not exist: pass a checkpoint "
                                     f"folder or a preset ({', '.join(MODEL_PRESETS)})")
