@@ -266,11 +266,14 @@ def test_replay_on_the_sim_rig_and_estop(qtbot, store_dir, sim_config):
         assert tab.replay_button.text() == "Stop replay"
         qtbot.waitUntil(lambda: tab.replay is None, timeout=20_000)
         assert "done" in tab.replay_state.text(), tab.replay_state.text()
-        end = session.latest().state.follower
-        # the followers moved and came to the episode's last recorded action
-        assert np.abs(end - start).max() > 0.05
-        gap = np.abs(end - data.action[-1])[list(layout.JOINT_INDICES)].max()
-        assert gap < 0.05, gap
+        # the followers moved and came to the episode's last recorded action (held there after
+        # the replay: they settle onto it within a moment of its last command)
+        def gap():
+            end = session.latest().state.follower
+            return np.abs(end - data.action[-1])[list(layout.JOINT_INDICES)].max()
+
+        assert np.abs(session.latest().state.follower - start).max() > 0.05
+        qtbot.waitUntil(lambda: gap() < 0.05, timeout=3_000)
         assert session.source is None and session.status().teleop == "idle"
 
         # again, stopped by the e-stop: the followers hold, no replay while it is active
