@@ -28,6 +28,15 @@ def one_view_inputs(cfg, image):
     return XR0Processor(load_tokenizer(), cfg)([[image]], ["transfer the cube"])
 
 
+def cell_of_each_patch(stem, gh, gw):
+    """(gh*gw, 2) long: the (row, col) grid cell of each patch, in the processor's order: a
+    feature map holding each cell's own (row, col) put through the stem's reordering."""
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    fmap = torch.zeros(1, stem.embed_dim, gh, gw)
+    fmap[0, 0], fmap[0, 1] = rows.float(), cols.float()
+    return stem._patches(fmap, 1, gh, gw)[:, :2].long()
+
+
 def test_the_stem_reads_the_processors_patches_back_as_the_image():
     cfg = conv_cfg()
     rng = np.random.default_rng(0)
@@ -42,15 +51,12 @@ def test_the_stem_reads_the_processors_patches_back_as_the_image():
     channels = frames[0].view(3, 2, H, W)                        # (C, temporal, H, W)
     for k in range(2):                                           # an image fills both time slots
         assert torch.allclose(channels[:, k], expected, atol=1e-5)
-    # and its features come out in the processor's patch order: a feature map that holds each
-    # cell's own (row, col) lands on the patch whose pixels came from that cell
-    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-    fmap = torch.zeros(1, stem.embed_dim, gh, gw)
-    fmap[0, 0], fmap[0, 1] = rows.float(), cols.float()
-    order = stem._patches(fmap, 1, gh, gw)[:, :2]
+    # and its features come out in the processor's patch order: each cell's (row, col) lands
+    # on the patch whose pixels came from that cell
+    order = cell_of_each_patch(stem, gh, gw)
     p = stem.patch_size
     patch_pixels = inputs.pixel_values.view(-1, 3, 2, p, p)[:, 0, 0]  # channel 0, first time slot
-    for i, (r, c) in enumerate(order.long().tolist()):
+    for i, (r, c) in enumerate(order.tolist()):
         cell = expected[0, r * p:(r + 1) * p, c * p:(c + 1) * p]
         assert torch.allclose(patch_pixels[i], cell, atol=1e-5), (i, r, c)
 
@@ -70,10 +76,7 @@ def test_the_stem_is_translation_equivariant_on_the_patch_grid():
         with torch.no_grad():
             e = stem(inputs.pixel_values)                   # (gh*gw, D) in processor order
         # back to a (gh, gw, D) grid through the same order the processor uses
-        rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-        fmap = torch.stack([rows, cols]).float()[None].expand(1, 2, gh, gw)
-        pad = torch.zeros(1, stem.embed_dim - 2, gh, gw)
-        where = stem._patches(torch.cat([fmap, pad], 1), 1, gh, gw)[:, :2].long()
+        where = cell_of_each_patch(stem, gh, gw)
         grid = torch.zeros(gh, gw, e.shape[1])
         grid[where[:, 0], where[:, 1]] = e
         feats.append(grid)
