@@ -9,12 +9,17 @@ Figures: training samples/s (from the trainers' step events, start-up excluded),
 training processes (their own rusage), training wall and CPU time, and the success rate after
 each of the last three stages next to the training time it took. Full run: 150 demonstrations,
 19000 steps in five stages, 50 evaluation episodes per evaluated stage; --quick: 3 short
-demonstrations, 4 steps per stage, 2 evaluation episodes (a smoke test of the path; its success
+demonstrations, 4 steps per stage, 1 evaluation episode (a smoke test of the path; its success
 rate means nothing).
 
-Each command runs as its own process with OMP_NUM_THREADS=1 on the shared CPU. With
-XR0_BENCH_TRAIN_DIR=DIR (a new folder) the demonstrations and the trained run are kept there; a
-folder holding only store/ trains on the demonstrations recorded there before.
+Each command runs as its own process: the trainers with a thread per core (up to 4), the
+recording and the evaluations with one. The full bench
+takes hours, so it can be stopped and continued: with XR0_BENCH_TRAIN_DIR=DIR the demonstrations,
+the trained stages and bench.json (the recipe, what each finished command cost, the evaluations)
+are kept there, and running the bench again on DIR records only the demonstrations still missing,
+skips the stages that finished, resumes a cut-short stage from its last checkpoint and skips the
+evaluations done. A DIR holding only store/ trains on the demonstrations recorded there (seeds 0,
+1, 2, ...).
 """
 
 from __future__ import annotations
@@ -31,31 +36,24 @@ from pathlib import Path
 from bench import Figure
 
 ROOT = Path(__file__).resolve().parents[1]
-EVAL_SEED = 100_000        # evaluation seeds start here; demonstrations use 0, 1, 2, ...
+EVAL_SEED = 100_000        # evaluation seeds start here; demonstrations use 1, 2, 3, ...
 TASK = "transfer the cube"
 
 
-def _tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of a live process and its live descendants, with the children
-    they have reaped, from /proc."""
-    total = 0.0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            continue
-    return total
+class CommandFailed(RuntimeError):
+    """A `main.py` command exited with an error; what it cost and printed until then."""
+
+    def __init__(self, message: str, events: list[dict], wall: float, cpu: float, rss: float):
+        super().__init__(message)
+        self.events, self.wall, self.cpu, self.rss = events, wall, cpu, rss
 
 
-def _run(args: list[str], timeout: float) -> tuple[list[dict], float, float, float]:
-    """Run `main.py ARGS --json`: (events, wall seconds, CPU seconds, peak RSS in MiB). Each event
-    carries _wall_s and _cpu_s: the command's wall and CPU time when this bench read it."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa")}
+def _run(args: list[str], timeout: float, threads: int = 1
+         ) -> tuple[list[dict], float, float, float]:
+    """Run `main.py ARGS --json` with `threads` compute threads: (events, wall seconds, CPU
+    seconds, peak RSS in MiB); a failure raises CommandFailed."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+           "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa")}
     t0 = time.monotonic()
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args, "--json"],
@@ -63,27 +61,26 @@ def _run(args: list[str], timeout: float) -> tuple[list[dict], float, float, flo
         lines = []
         deadline = t0 + timeout
         for line in proc.stdout:
-            lines.append((time.monotonic() - t0, _tree_cpu_s(proc.pid), line))
+            lines.append(line)
             if time.monotonic() > deadline:
                 proc.kill()
                 break
         _, status, usage = os.wait4(proc.pid, 0)  # its usage includes the children it reaped
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.monotonic() - t0
-        if proc.returncode != 0:
+        code = os.waitstatus_to_exitcode(status)
+        wall, cpu = time.monotonic() - t0, usage.ru_utime + usage.ru_stime
+        events = []
+        for line in lines:
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(ev, dict):
+                events.append(ev)
+        if code != 0:
             err.seek(0)
-            tail = err.read()[-2000:]
-            raise RuntimeError(f"main.py {args[0]} exited with {proc.returncode}: {tail}")
-    events = []
-    for t, cpu, line in lines:
-        try:
-            ev = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(ev, dict):
-            ev["_wall_s"], ev["_cpu_s"] = t, cpu
-            events.append(ev)
-    return events, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0
+            raise CommandFailed(f"main.py {args[0]} exited with {code}: {err.read()[-2000:]}",
+                                events, wall, cpu, usage.ru_maxrss / 1024.0)
+    return events, wall, cpu, usage.ru_maxrss / 1024.0
 
 
 # The recipe that reached the goal (README, Fine-tuning proof): the top camera at 192x256 (the
@@ -106,101 +103,245 @@ STAGES: list[tuple[str, int, list[str]]] = [
 STRATEGY = "ensemble"     # chunk joining for the evaluation (the best measured on this policy)
 
 
+TRAIN_THREADS = max(1, min(os.cpu_count() or 1, 4))   # the trainers use the cores; the rest 1
+EVAL_DELAY_STEPS = 2      # the policy's answer lands 2 control steps (40 ms) after its request
+LEDGER = "bench.json"
+
+
+def _recipe(quick: bool, demos: int, evals: int) -> dict:
+    """What a bench folder was started with: a later run continues it only with the same."""
+    return json.loads(json.dumps({
+        "quick": quick, "demos": demos, "evals": evals, "view": VIEW, "stages": STAGES,
+        "task": TASK, "strategy": STRATEGY, "eval_seed": EVAL_SEED,
+        "delay_steps": EVAL_DELAY_STEPS}))
+
+
+class _Ledger:
+    """bench.json in the bench folder: the recipe, every command that finished (its wall time,
+    CPU time, peak memory, and the time of the trainer's start event) and the evaluations, so a
+    bench continued later adds up what the earlier ones spent and skips what they finished."""
+
+    def __init__(self, folder: Path, recipe: dict):
+        from xr0.train.rundir import write_json_atomic
+
+        self._write = write_json_atomic
+        self.path = folder / LEDGER
+        if self.path.is_file():
+            self.data = json.loads(self.path.read_text())
+            if self.data["recipe"] != recipe:
+                raise ValueError(f"{folder} holds a bench of another recipe ({LEDGER}): give a "
+                                 f"new folder, or run the same recipe to continue it")
+            return
+        entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        if entries not in ([], ["store"]):
+            raise ValueError(f"{folder} holds {', '.join(entries)} but no bench ({LEDGER}): give a "
+                             f"new folder, one holding only store/ (its demonstrations are used), "
+                             f"or the folder of an earlier bench to continue it")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.data = {"recipe": recipe, "commands": [], "evals": {}}
+        self.save()
+
+    def save(self) -> None:
+        self._write(self.path, self.data)
+
+    def add(self, what: str, wall: float, cpu: float, rss: float, status: str,
+            started: float | None = None) -> None:
+        self.data["commands"].append({"what": what, "wall_s": wall, "cpu_s": cpu, "rss_mib": rss,
+                                      "status": status, "started": started})
+        self.save()
+
+    def commands(self, what: str) -> list[dict]:
+        return [c for c in self.data["commands"] if c["what"] == what]
+
+
+def _run_logged(ledger: _Ledger, what: str, args: list[str], timeout: float,
+                threads: int = 1) -> list[dict]:
+    """_run, with the command's cost written to the ledger whether it finished or failed."""
+    try:
+        events, wall, cpu, rss = _run(args, timeout, threads)
+    except CommandFailed as e:
+        ledger.add(what, e.wall, e.cpu, e.rss, "failed", _start_time(e.events))
+        raise
+    ledger.add(what, wall, cpu, rss, "done", _start_time(events))
+    return events
+
+
+def _start_time(events: list[dict]) -> float | None:
+    return next((e["time"] for e in events if e.get("event") == "start"), None)
+
+
+def _recorded_seeds(store: Path) -> list[int]:
+    from app.core.recorder import recorded_seed
+    from store import EpisodeStore
+
+    if not store.is_dir():
+        return []
+    with EpisodeStore.open(store) as st:
+        return sorted(recorded_seed(st, e.id) for e in st.episodes(status="complete"))
+
+
+def _record(folder: Path, ledger: _Ledger, demos: int, seconds: float | None) -> Iterator[Figure]:
+    """Record the demonstrations (seeds 1 .. demos, as `record` numbers them) that the folder's
+    store does not hold yet."""
+    store = folder / "store"
+    seeds = _recorded_seeds(store)
+    if seeds != list(range(1, len(seeds) + 1)) or len(seeds) > demos:
+        raise ValueError(f"{store} holds demonstrations of seeds {seeds[:3]}...{seeds[-3:]}: the "
+                         f"bench trains on seeds 1-{demos}; give a new folder")
+    if len(seeds) < demos:
+        # stepping: every step and camera frame whatever the load on the cores
+        rec = ["record", "--rig", "sim", "--task", TASK, "--episodes", str(demos - len(seeds)),
+               "--seed", str(len(seeds) + 1), "--store", str(store), "--stepping"]
+        if seconds:
+            rec += ["--seconds", str(seconds)]
+        _run_logged(ledger, "record", rec, timeout=4 * 3600)
+    record_s = sum(c["wall_s"] for c in ledger.commands("record"))
+    yield Figure("train", "demonstrations recorded", demos, "episodes", anchor=(
+        f"scripted sim operator, transfer cube, stepping mode, seeds 1-{demos}; "
+        + (f"{record_s:.0f} s to record" if ledger.commands("record") else
+           f"recorded before this bench into {store}")))
+
+
+def _stage_cost(ledger: _Ledger, what: str, out: Path) -> tuple[float, float, float, int]:
+    """(wall s, CPU s, peak RSS MiB, interrupted attempts) a stage has cost so far: the
+    commands the ledger saw finish, plus, for each attempt a killed bench never saw end, its
+    span in the trainer's own events (start to last event; its CPU time is not known)."""
+    from xr0.train.rundir import read_events
+
+    done = ledger.commands(what)
+    wall = sum(c["wall_s"] for c in done)
+    cpu = sum(c["cpu_s"] for c in done)
+    rss = max((c["rss_mib"] for c in done), default=0.0)
+    seen = {c["started"] for c in done}
+    interrupted = 0
+    span: list[dict] = []
+    for ev in [*read_events(out), {"event": "start", "time": None}]:
+        if ev["event"] == "start":
+            if span and span[0]["event"] == "start" and span[0]["time"] not in seen:
+                wall += span[-1]["time"] - span[0]["time"]
+                interrupted += 1
+            span = []
+        span.append(ev)
+    return wall, cpu, rss, interrupted
+
+
+def _train_stage(folder: Path, ledger: _Ledger, i: int, base: str, quick: bool) -> dict:
+    """Train stage i (0-based) from `base`, resuming an earlier bench's attempt from its last
+    checkpoint; returns the trainer's done event."""
+    import shutil
+
+    from app.core.jobs import trainer_alive
+    from xr0.train.rundir import RunDir, read_events
+
+    name, steps, extra = STAGES[i]
+    steps = 4 if quick else steps
+    out = folder / "run" / f"stage{i + 1}"
+    rd = RunDir(out)
+    done = [e for e in read_events(out) if e["event"] == "done" and e["status"] == "done"
+            and e["step"] == steps]
+    if done:
+        return done[-1]
+    if rd.exists() and trainer_alive(rd.read().get("pid"), out):
+        raise RuntimeError(f"stage {i + 1} ({out}) is still training in process "
+                           f"{rd.read()['pid']}: wait for it or stop it, then run the bench again")
+    resume = rd.exists() and rd.last_checkpoint() is not None
+    if out.exists() and not resume:
+        shutil.rmtree(out)   # an attempt that died before its first checkpoint: start it over
+    train = ["train", "--store", str(folder / "store"), "--base", base,
+             "--preset", "tiny-scratch", "--out", str(out), "--val-episodes",
+             "1" if quick else "2", "--keep-checkpoints", "0", "--steps", str(steps), *VIEW,
+             *extra]
+    if quick:
+        train += ["--checkpoint-every", "2", "--val-every", str(steps)]
+    if resume:
+        train.append("--resume")
+    events = _run_logged(ledger, f"stage{i + 1}", train, timeout=6 * 3600,
+                         threads=TRAIN_THREADS)
+    return next(e for e in events if e["event"] == "done")
+
+
 def run(quick: bool = False) -> Iterator[Figure]:
-    demos, seconds = (3, 3.0) if quick else (150, None)
-    evals = 2 if quick else 50
-    keep = os.environ.get("XR0_BENCH_TRAIN_DIR")  # keep the store and the run there
-    reuse = False
-    if keep and Path(keep).exists() and any(Path(keep).iterdir()):
-        # a folder from an earlier run that recorded its demonstrations but has no run yet
-        # trains on those demonstrations again
-        reuse = (Path(keep) / "store").is_dir() and not (Path(keep) / "run").exists()
-        if not reuse:
-            raise ValueError(f"XR0_BENCH_TRAIN_DIR={keep} holds a run already: give a new "
-                             f"folder, or one holding only store/ to train on its episodes")
+    keep = os.environ.get("XR0_BENCH_TRAIN_DIR")  # keep the store and runs there
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        base = Path(keep) if keep else Path(tmp)
-        store, out = base / "store", base / "run"
-        if reuse:
-            from store import EpisodeStore
+        yield from _bench(Path(keep) if keep else Path(tmp) / "bench", quick)
 
-            with EpisodeStore.open(store) as st:
-                n = len(st.episodes(status="complete"))
-            yield Figure("train", "demonstrations recorded", n, "episodes", anchor=(
-                f"scripted sim operator, transfer cube; reused from {store}"))
-        else:
-            # stepping: every step and camera frame whatever the load on the cores
-            rec = ["record", "--rig", "sim", "--task", TASK, "--episodes", str(demos),
-                   "--store", str(store), "--stepping"]
-            if seconds:
-                rec += ["--seconds", str(seconds)]
-            _, record_s, _, _ = _run(rec, timeout=3600)
-            yield Figure("train", "demonstrations recorded", demos, "episodes", anchor=(
-                f"scripted sim operator, transfer cube, stepping mode, {record_s:.0f} s to record"))
 
-        events, train_s, train_cpu_s, rss = [], 0.0, 0.0, 0.0
-        base, stage_ends = "xr0-tiny", []
-        for i, (name, steps, extra) in enumerate(STAGES):
-            steps = 4 if quick else steps
-            out_i = out / f"stage{i + 1}"
-            train = ["train", "--store", str(store), "--base", base, "--preset", "tiny-scratch",
-                     "--out", str(out_i), "--val-episodes", "1" if quick else "2",
-                     "--keep-checkpoints", "0", "--steps", str(steps), *VIEW, *extra]
-            if quick:
-                train += ["--checkpoint-every", str(steps), "--val-every", str(steps)]
-            evs, wall, cpu, peak = _run(train, timeout=6 * 3600)
-            for ev in evs:                 # times since the start of the first stage
-                ev["_wall_s"] += train_s
-                ev["_cpu_s"] += train_cpu_s
-                ev["_stage"] = name
-            events += evs
-            train_s, train_cpu_s, rss = train_s + wall, train_cpu_s + cpu, max(rss, peak)
-            done = next(e for e in evs if e["event"] == "done")
-            base = done["checkpoint"]
-            stage_ends.append((name, done, train_s, train_cpu_s))
-        step_events = [e for e in events if e["event"] == "step"]
-        start = next(e for e in events if e["event"] == "start")
-        vals = [e for e in events if e["event"] == "val"]
-        total_steps = sum(d["step"] for _, d, _, _ in stage_ends)
-        detail = {"steps": total_steps, "stages": [n for n, _, _, _ in stage_ends],
-                  "samples": start["samples"], "trainable_parameters": start["trainable_parameters"],
-                  "first_loss": step_events[0]["loss"], "last_loss": step_events[-1]["loss"],
-                  "val": [{k: v[k] for k in ("_stage", "step", "val_loss", "action_error")}
-                          for v in vals]}
-        sps = [e["samples_per_s"] for e in step_events[-50:]]
-        yield Figure("train", "tiny-scratch training throughput", sum(sps) / len(sps),
-                     "samples/s", goal="trains the sim task in minutes to an hour on a CPU",
-                     anchor="xr0-tiny, top camera at 192x256, batch 16, k_draws 4, 1 thread; "
-                            "mean of the last 50 step events", detail=detail)
-        yield Figure("train", "tiny-scratch peak RSS", rss, "MiB",
-                     anchor="the training processes' own peak resident memory (largest stage)")
-        yield Figure("train", "tiny-scratch training time", train_s, "s",
-                     anchor=f"{len(STAGES)} stages, {total_steps} steps, start-up and "
-                            "validation included")
-        yield Figure("train", "tiny-scratch training CPU time", train_cpu_s, "CPU s",
-                     anchor="user + system time of the trainers and their data workers")
+def _bench(folder: Path, quick: bool) -> Iterator[Figure]:
+    from xr0.train.rundir import read_events
 
-        # success against training time: the end of each of the last three stages
-        curve = []
-        for k, (name, done, at_s, at_cpu) in enumerate(stage_ends):
-            last = k == len(stage_ends) - 1
-            if k < len(stage_ends) - 3:
-                continue
-            events_e, eval_s, _, _ = _run(["run", "--rig", "sim", "--policy", done["checkpoint"],
-                                           "--task", TASK, "--episodes", str(evals), "--seed",
-                                           str(EVAL_SEED), "--strategy", STRATEGY],
-                                          timeout=6 * 3600)
+    demos, seconds = (3, 3.0) if quick else (150, None)
+    evals = 1 if quick else 50
+    ledger = _Ledger(folder, _recipe(quick, demos, evals))
+    yield from _record(folder, ledger, demos, seconds)
+
+    base, stage_ends, events = "xr0-tiny", [], []
+    train_s = train_cpu_s = rss = 0.0
+    interrupted = 0
+    for i, (name, _, _) in enumerate(STAGES):
+        done = _train_stage(folder, ledger, i, base, quick)
+        out = folder / "run" / f"stage{i + 1}"
+        wall, cpu, peak, lost = _stage_cost(ledger, f"stage{i + 1}", out)
+        train_s, train_cpu_s, rss = train_s + wall, train_cpu_s + cpu, max(rss, peak)
+        interrupted += lost
+        events += [{**e, "_stage": name} for e in read_events(out)]
+        base = done["checkpoint"]
+        stage_ends.append((name, done, train_s, train_cpu_s))
+    step_events = [e for e in events if e["event"] == "step"]
+    start = next(e for e in events if e["event"] == "start")
+    vals = [e for e in events if e["event"] == "val"]
+    total_steps = sum(d["step"] for _, d, _, _ in stage_ends)
+    detail = {"steps": total_steps, "stages": [n for n, _, _, _ in stage_ends],
+              "samples": start["samples"], "trainable_parameters": start["trainable_parameters"],
+              "first_loss": step_events[0]["loss"], "last_loss": step_events[-1]["loss"],
+              "interrupted_attempts": interrupted, "folder": str(folder),
+              "val": [{k: v[k] for k in ("_stage", "step", "val_loss", "action_error")}
+                      for v in vals]}
+    sps = [e["samples_per_s"] for e in step_events[-50:]]
+    yield Figure("train", "tiny-scratch training throughput", sum(sps) / len(sps),
+                 "samples/s", goal="trains the sim task in minutes to an hour on a CPU",
+                 anchor=f"xr0-tiny, top camera at 192x256, batch 16, k_draws 4, {TRAIN_THREADS} "
+                        "thread(s); mean of the last 50 step events", detail=detail)
+    yield Figure("train", "tiny-scratch peak RSS", rss, "MiB",
+                 anchor="the training processes' own peak resident memory (largest stage)")
+    yield Figure("train", "tiny-scratch training time", train_s, "s",
+                 anchor=f"{len(STAGES)} stages, {total_steps} steps, start-up and validation "
+                        "included" + (f"; {interrupted} attempt(s) cut short by a stopped bench "
+                                      "and resumed from their last checkpoint, counted from their "
+                                      "trainers' events" if interrupted else ""))
+    yield Figure("train", "tiny-scratch training CPU time", train_cpu_s, "CPU s",
+                 anchor="user + system time of the trainers and their data workers"
+                        + (f"; without the {interrupted} attempt(s) cut short, whose CPU time "
+                           "is not known" if interrupted else ""))
+
+    # success against training time: the end of each of the last three stages
+    curve = []
+    for k, (name, done, at_s, at_cpu) in enumerate(stage_ends):
+        last = k == len(stage_ends) - 1
+        if k < len(stage_ends) - 3:
+            continue
+        result = ledger.data["evals"].get(name)
+        if result is None:
+            t0 = time.monotonic()
+            events_e = _run_logged(ledger, f"eval {name}", [
+                "run", "--rig", "sim", "--policy", done["checkpoint"], "--task", TASK,
+                "--episodes", str(evals), "--seed", str(EVAL_SEED), "--strategy", STRATEGY,
+                "--inject-delay-steps", str(EVAL_DELAY_STEPS)], timeout=6 * 3600)
             summary = next(e for e in events_e if e["event"] == "summary")
-            curve.append({"stage": name, "training_s": round(at_s, 1), "cpu_s": round(at_cpu, 1),
-                          "success_rate": summary["success_rate"], "stages": summary["stages"],
-                          "eval_s": round(eval_s, 1)})
-            yield Figure("train", f"success rate after stage '{name}'", summary["success_rate"],
-                         "fraction", goal=">= 0.8 (ACT: 0.86 with 50 scripted demos)" if last else
-                         "rises with training time",
-                         met=(summary["success_rate"] >= 0.8) if last and not quick else None,
-                         anchor=(f"{evals} seeded sim episodes never seen in training (seeds "
-                                 f"{EVAL_SEED}+, --strategy {STRATEGY}), after {at_s:.0f} s "
-                                 f"({at_cpu:.0f} CPU s) of training on {demos} demonstrations; "
-                                 f"eval took {eval_s:.0f} s"),
-                         detail={"training_s": at_s, "cpu_s": at_cpu, "episodes": evals,
-                                 "curve": list(curve)})
+            result = {"success_rate": summary["success_rate"], "stages": summary["stages"],
+                      "eval_s": round(time.monotonic() - t0, 1)}
+            ledger.data["evals"][name] = result
+            ledger.save()
+        curve.append({"stage": name, "training_s": round(at_s, 1), "cpu_s": round(at_cpu, 1),
+                      "success_rate": result["success_rate"], "stages": result["stages"],
+                      "eval_s": result["eval_s"]})
+        yield Figure("train", f"success rate after stage '{name}'", result["success_rate"],
+                     "fraction", goal=">= 0.8 (ACT: 0.86 with 50 scripted demos)" if last else
+                     "rises with training time",
+                     met=(result["success_rate"] >= 0.8) if last and not quick else None,
+                     anchor=(f"{evals} seeded sim episodes never seen in training (seeds "
+                             f"{EVAL_SEED}+, --strategy {STRATEGY}, answers "
+                             f"{EVAL_DELAY_STEPS} steps after each request), after {at_s:.0f} "
+                             f"s ({at_cpu:.0f} CPU s) of training on {demos} demonstrations; "
+                             f"eval took {result['eval_s']:.0f} s"),
+                     detail={"training_s": at_s, "cpu_s": at_cpu, "episodes": evals,
+                             "curve": list(curve)})

@@ -25,13 +25,13 @@ def test_the_cli_records_every_step_and_every_frame_at_its_sim_time(tmp_path):
     store = tmp_path / "store"
     r = subprocess.run([sys.executable, str(ROOT / "main.py"), "record", "--rig", "sim", "--task",
                         "transfer the cube", "--episodes", "2", "--seconds", "1", "--store",
-                        str(store), "--stepping", "--json"],
+                        str(store), "--stepping", "--seed", "7", "--json"],
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     events = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert events[-1] == {"event": "summary", "store": str(store), "episodes": [1, 2], "error": ""}
     eps = [e for e in events if e["event"] == "episode"]
-    assert [e["seed"] for e in eps] == [eps[0]["seed"], eps[0]["seed"] + 1]
+    assert [e["seed"] for e in eps] == [7, 8]        # --seed: the first scene, then the next
     with EpisodeStore.open(store) as st:
         for e in eps:
             info = st.info(e["id"])
@@ -96,3 +96,11 @@ def test_hardware_rigs_and_bad_arguments_are_refused(sim_config, tmp_path):
         with pytest.raises(ValueError, match="seeds given"):
             record_stepping(sim_config, st, "transfer the cube", 2, seeds=[1])
         assert st.episodes(status=None) == []
+
+
+def test_seed_needs_a_stepping_recording(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "record", "--rig", "sim", "--task",
+                        "transfer the cube", "--store", str(tmp_path / "s"), "--seed", "3"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode != 0 and "--stepping" in r.stderr
+    assert not (tmp_path / "s").exists()

@@ -1,8 +1,8 @@
 """`python main.py record --rig sim|CONFIG --task TEXT --episodes N [--seconds S] --store DIR
-[--stepping] [--json]`: record demonstrations headless. On the sim rig the scripted operator plays
-the leader arms (one seeded episode each), in real time or, with --stepping, one control period at
-a time with every camera frame; on hardware the leader arms drive the followers, with a warm-up
-before and a reset period after each episode."""
+[--stepping [--seed S]] [--json]`: record demonstrations headless. On the sim rig the scripted
+operator plays the leader arms (one seeded episode each), in real time or, with --stepping, one
+control period at a time with every camera frame; on hardware the leader arms drive the
+followers, with a warm-up before and a reset period after each episode."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--stepping", action="store_true",
                    help="sim rig: step the sim instead of running it in real time, so every "
                         "control step and camera frame is recorded whatever the CPU load")
+    p.add_argument("--seed", type=int, default=None,
+                   help="with --stepping: the scene seed of the first episode, the next ones "
+                        "follow it (default: the rig config's seed + 1, + 2, ...)")
     p.add_argument("--json", action="store_true", help="JSON lines: phases, episodes, summary")
     p.set_defaults(func=run)
 
@@ -40,6 +43,8 @@ def run(args) -> int:
     if args.episodes < 1:
         raise ValueError("--episodes must be at least 1")
     cfg = load_rig_config(args.rig)
+    if args.seed is not None and not args.stepping:
+        raise ValueError("--seed picks the scenes of a stepping recording: add --stepping")
     try:
         store = EpisodeStore.open(args.store)
     except StoreError as e:
@@ -96,8 +101,9 @@ def _run_stepping(args, cfg, store, seconds, on_event) -> int:
 
     done, err = [], ""
     try:
+        seeds = None if args.seed is None else range(args.seed, args.seed + args.episodes)
         done = record_stepping(cfg, store, args.task, args.episodes, seconds, tags=tuple(args.tag),
-                               quality=args.quality, on_event=on_event)
+                               quality=args.quality, seeds=seeds, on_event=on_event)
     except (SimRecordError, StoreError, VideoError, ValueError) as e:
         err = str(e)
     finally:

@@ -47,7 +47,7 @@ class RunRecord:
     last_event: dict | None = None
 
 
-def _is_our_trainer(pid: int | None, run_dir: Path) -> bool:
+def trainer_alive(pid: int | None, run_dir: Path) -> bool:
     """pid is alive and runs `main.py train` on this run folder."""
     if not pid:
         return False
@@ -81,7 +81,7 @@ def find_runs(store_dir: str | os.PathLike) -> list[RunRecord]:
                 pid = None
             events = read_events(run_dir)
         status = row["status"]
-        if status == "running" and not (run_dir and _is_our_trainer(pid, run_dir)):
+        if status == "running" and not (run_dir and trainer_alive(pid, run_dir)):
             status = "died"
         steps = [e["step"] for e in events if isinstance(e.get("step"), int)]
         out.append(RunRecord(run_id=row["id"], run_dir=run_dir, status=status, pid=pid,
@@ -190,7 +190,7 @@ class TrainingJob:
     def alive(self) -> bool:
         if self.process is not None:
             return self.process.poll() is None
-        return _is_our_trainer(self.pid, self.run_dir)
+        return trainer_alive(self.pid, self.run_dir)
 
     def cancel(self, timeout: float = 60.0) -> int | None:
         """SIGTERM to the process group, SIGKILL after `timeout` s; the exit status if known."""
