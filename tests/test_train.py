@@ -365,3 +365,58 @@ def test_the_policy_check_scripts_run_on_a_trained_run(store_dir, tmp_path):
                           "--every", "20"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "median step-to-step change inside a chunk" in out.stdout
+
+
+def test_ema_averages_the_weights_with_a_warm_up():
+    from xr0.train.ema import EMA
+
+    lin = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.0)
+    ema = EMA(lin, 0.5)
+    expected = 0.0
+    for v in (1.0, 2.0, 3.0, 4.0):
+        with torch.no_grad():
+            lin.weight.fill_(v)
+        d = ema.current_decay()
+        ema.update()
+        expected = d * expected + (1 - d) * v
+    assert [round(min(0.5, (1 + n) / (10 + n)), 6) for n in range(4)] == [0.1, 0.181818, 0.25,
+                                                                         0.307692]
+    assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), expected))
+    with ema.applied():
+        assert torch.allclose(lin.weight, torch.full((1, 2), expected))
+    assert torch.equal(lin.weight, torch.full((1, 2), 4.0))        # its own weights again
+    with pytest.raises(ValueError, match="--ema"):
+        EMA(lin, 1.0)
+
+
+def test_an_ema_run_checkpoints_the_average_and_resumes_exactly(store_dir, tmp_path):
+    cfg = tiny(steps=4, checkpoint_every=100, val_episodes=1, val_every=4, ema_decay=0.9)
+    code, events = run(cfg, store_dir, tmp_path / "a")
+    assert code == EXIT_DONE
+    ckpt = RunDir(tmp_path / "a").last_checkpoint()
+    saved = load_file(str(ckpt / "model.safetensors"))
+    training = torch.load(ckpt / "training_state.pt", weights_only=False)
+    raw, avg = training["raw"], training["ema"]["shadow"]
+    assert training["ema"]["updates"] == 4 and set(raw) == set(avg)
+    moved = [k for k in raw if not torch.equal(raw[k], avg[k])]
+    assert moved                                               # the average lags the weights
+    for k in moved:
+        assert torch.equal(saved[k], avg[k])                   # the checkpoint is the average
+    # validation reads the average too: a plain run's last weights validate differently
+    plain = tiny(steps=4, checkpoint_every=100, val_episodes=1, val_every=4)
+    _, plain_events = run(plain, store_dir, tmp_path / "plain")
+    val = [e["val_loss"] for e in events if e["event"] == "val"]
+    plain_val = [e["val_loss"] for e in plain_events if e["event"] == "val"]
+    assert val and val != plain_val
+
+    trainer = Trainer(cfg, store_dir, tmp_path / "b", episodes="1-4")
+    trainer.on_event = lambda e: setattr(trainer, "cancel_requested", e.get("step") == 2 or
+                                         trainer.cancel_requested)
+    assert trainer.run() == EXIT_CANCELLED
+    assert run(cfg, store_dir, tmp_path / "b", resume=True)[0] == EXIT_DONE
+    b = load_file(str(RunDir(tmp_path / "b").last_checkpoint() / "model.safetensors"))
+    assert all(torch.equal(saved[k], b[k]) for k in saved)    # average and weights resumed
+    with pytest.raises(ValueError, match="--ema"):
+        tiny(ema_decay=1.0)

@@ -45,6 +45,9 @@ def register(sub) -> None:
                    help="side of the random crop as a fraction of the image (default 0.95; 1 "
                         "turns the crop off, for fixed cameras whose place in the image carries "
                         "the target's position)")
+    p.add_argument("--ema", type=float,
+                   help="decay of an exponential moving average of the weights, which the "
+                        "checkpoints and validation use (e.g. 0.999; default 0: off)")
     p.add_argument("--vision-stem", choices=("patch", "conv"),
                    help="with --base xr0-tiny: the vision tower's patch embedding (patch, as "
                         "Qwen3-VL) or a strided convolutional stem on the same grid (conv)")
@@ -72,6 +75,7 @@ def _config(args):
                        ("checkpoint_every", "checkpoint_every"), ("val_every", "val_every"),
                        ("keep_checkpoints", "keep_checkpoints"), ("state_dropout", "state_dropout"),
                        ("state_noise", "state_noise"), ("crop_scale", "crop_scale"),
+                       ("ema", "ema_decay"),
                        ("workers", "num_workers"), ("seed", "seed"), ("base", "base")):
         if getattr(args, arg) is not None:
             changes[field] = getattr(args, arg)

@@ -72,6 +72,9 @@ class TrainConfig:
     # state slightly off them at its first chunk boundary and drifts further; with noise, a state
     # off the path is paired with the absolute targets that lead back to it
     state_noise: float = 0.0
+    # decay of an exponential moving average of the trainable weights (xr0.train.ema), which the
+    # checkpoints and validation then use; 0 turns it off
+    ema_decay: float = 0.0
     num_workers: int = 2
     seed: int = 0
     # model changes applied when `base` is a preset name (training from scratch)
@@ -93,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"--state-dropout must be in [0, 1), got {self.state_dropout}")
         if not 0.0 <= self.state_noise <= 1.0:
             raise ValueError(f"--state-noise must be in [0, 1] (rig units), got {self.state_noise}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"--ema must be in [0, 1) (0: off), got {self.ema_decay}")
         if not 0.5 <= self.crop_scale <= 1.0:
             raise ValueError(f"--crop-scale must be in [0.5, 1], got {self.crop_scale}")
 

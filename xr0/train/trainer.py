@@ -53,6 +53,7 @@ from xr0.model import preset as model_preset
 from xr0.model.backbone import restore_rotary_buffers
 from xr0.train import distributed
 from xr0.train.config import TrainConfig, learning_rate, paper_image_size
+from xr0.train.ema import EMA
 from xr0.train.inputs import InputBuilder
 from xr0.train.model_setup import (TrainError, StateView, apply_trainable, merged_state_dict,
                                    optimizer_groups, view_labels_for)
@@ -229,6 +230,12 @@ class Trainer:
                                            lr=cfg.lr, betas=cfg.betas, fused=fused or None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: learning_rate(cfg, s) / cfg.lr)
+        self.ema = None
+        if cfg.ema_decay > 0:
+            if self.strategy == "fsdp" and self.info.world_size > 1:
+                raise TrainError("--ema averages whole parameters; FSDP shards them: train "
+                                 "without --ema under --strategy fsdp")
+            self.ema = EMA(self.model, cfg.ema_decay)
         if saved is not None:
             self._restore(self.rundir.last_checkpoint())
 
@@ -286,15 +293,27 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
         self.step += 1
         parts["grad_norm"] = float(grad_norm)
         return parts
 
+    def _deployed_weights(self):
+        """A block in which the model holds the weights its checkpoints carry: the moving
+        average with --ema, else its own."""
+        return self.ema.applied() if self.ema is not None else _nullcontext()
+
     @torch.no_grad()
     def validate(self) -> dict:
-        """Flow loss with fixed draws and the 5-step action error on the held-out episodes."""
+        """Flow loss with fixed draws and the 5-step action error on the held-out episodes, with
+        the weights the checkpoints carry."""
         if self.val_ds is None:
             return {}
+        with self._deployed_weights():
+            return self._validate()
+
+    def _validate(self) -> dict:
         cfg, model = self.cfg, self.model
         n = len(self.val_ds)
         count = min(n, cfg.val_batches * cfg.micro_batch)
@@ -412,7 +431,11 @@ class Trainer:
         """Write checkpoints/step-N (all ranks take part in gathering; rank 0 writes)."""
         from xr0.model import save_checkpoint
 
-        state = merged_state_dict(self.model, distributed.full_state_dict(self.model, self.info))
+        with self._deployed_weights():
+            state = merged_state_dict(self.model,
+                                      distributed.full_state_dict(self.model, self.info))
+            if self.ema is not None:   # a state dict shares the parameters' storage
+                state = {k: v.detach().clone() for k, v in state.items()}
         training = {
             "step": self.step, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -421,6 +444,10 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "trainable": ({k: v.detach().cpu() for k, v in self.model.named_parameters()
                            if v.requires_grad} if self.cfg.trainable == "lora" else None),
+            # with --ema the checkpoint holds the average: the raw weights go on from here
+            "raw": ({k: v.detach().cpu().clone() for k, v in self.model.named_parameters()
+                     if v.requires_grad} if self.ema is not None else None),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
         path = None
         if self.info.is_main:
@@ -452,6 +479,12 @@ class Trainer:
         else:
             weights = load_file(str(ckpt / "model.safetensors"))
             self.model.load_state_dict(weights, strict=False)
+        if training.get("raw") is not None:
+            self.model.load_state_dict(training["raw"], strict=False)
+        if self.ema is not None:
+            if training.get("ema") is None:
+                raise TrainError(f"{ckpt} holds no moving average to resume --ema from")
+            self.ema.load_state_dict(training["ema"])
         self.optimizer.load_state_dict(training["optimizer"])
         self.scheduler.load_state_dict(training["scheduler"])
         self.step = int(training["step"])
