@@ -34,6 +34,10 @@ BENCHES: dict[str, tuple[str, str]] = {
 }
 
 
+class BenchStopped(Exception):
+    """A benchmark was stopped part-way (its work kept); the message says how to continue."""
+
+
 @dataclass
 class Figure:
     bench: str

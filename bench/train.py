@@ -9,11 +9,12 @@ Figures: training samples/s (from the trainers' step events, start-up excluded),
 training processes (their own rusage), training wall and CPU time, and the success rate after
 each of the last three stages next to the training time it took. Full run: 150 demonstrations,
 19000 steps in five stages, 50 evaluation episodes per evaluated stage; --quick: 3 short
-demonstrations, 4 steps per stage, 1 evaluation episode (a smoke test of the path; its success
+demonstrations, 4 steps per stage, 2 evaluation episodes (a smoke test of the path; its success
 rate means nothing).
 
 Each command runs as its own process: the trainers with a thread per core (up to 4), the
-recording and the evaluations with one. The full bench
+recording and each evaluation process with one (an evaluation runs a process per core, each on
+its share of the seeds). The full bench
 takes hours, so it can be stopped and continued: with XR0_BENCH_TRAIN_DIR=DIR the demonstrations,
 the trained stages and bench.json (the recipe, what each finished command cost, the evaluations)
 are kept there, and running the bench again on DIR records only the demonstrations still missing,
@@ -33,7 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench import Figure
+from bench import BenchStopped, Figure
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_SEED = 100_000        # evaluation seeds start here; demonstrations use 1, 2, 3, ...
@@ -43,9 +44,10 @@ TASK = "transfer the cube"
 class CommandFailed(RuntimeError):
     """A `main.py` command exited with an error; what it cost and printed until then."""
 
-    def __init__(self, message: str, events: list[dict], wall: float, cpu: float, rss: float):
+    def __init__(self, message: str, code: int, events: list[dict], wall: float, cpu: float,
+                 rss: float):
         super().__init__(message)
-        self.events, self.wall, self.cpu, self.rss = events, wall, cpu, rss
+        self.code, self.events, self.wall, self.cpu, self.rss = code, events, wall, cpu, rss
 
 
 def _run(args: list[str], timeout: float, threads: int = 1
@@ -79,7 +81,7 @@ def _run(args: list[str], timeout: float, threads: int = 1
         if code != 0:
             err.seek(0)
             raise CommandFailed(f"main.py {args[0]} exited with {code}: {err.read()[-2000:]}",
-                                events, wall, cpu, usage.ru_maxrss / 1024.0)
+                                code, events, wall, cpu, usage.ru_maxrss / 1024.0)
     return events, wall, cpu, usage.ru_maxrss / 1024.0
 
 
@@ -104,6 +106,7 @@ STRATEGY = "ensemble"     # chunk joining for the evaluation (the best measured 
 
 
 TRAIN_THREADS = max(1, min(os.cpu_count() or 1, 4))   # the trainers use the cores; the rest 1
+EVAL_PROCESSES = max(1, min(os.cpu_count() or 1, 4))  # evaluation processes, a share of seeds each
 EVAL_DELAY_STEPS = 2      # the policy's answer lands 2 control steps (40 ms) after its request
 LEDGER = "bench.json"
 
@@ -160,7 +163,7 @@ def _run_logged(ledger: _Ledger, what: str, args: list[str], timeout: float,
     try:
         events, wall, cpu, rss = _run(args, timeout, threads)
     except CommandFailed as e:
-        ledger.add(what, e.wall, e.cpu, e.rss, "failed", _start_time(e.events))
+        ledger.add(what, e.wall, e.cpu, e.rss, f"exit {e.code}", _start_time(e.events))
         raise
     ledger.add(what, wall, cpu, rss, "done", _start_time(events))
     return events
@@ -255,9 +258,54 @@ def _train_stage(folder: Path, ledger: _Ledger, i: int, base: str, quick: bool) 
         train += ["--checkpoint-every", "2", "--val-every", str(steps)]
     if resume:
         train.append("--resume")
-    events = _run_logged(ledger, f"stage{i + 1}", train, timeout=6 * 3600,
-                         threads=TRAIN_THREADS)
+    try:
+        events = _run_logged(ledger, f"stage{i + 1}", train, timeout=6 * 3600,
+                             threads=TRAIN_THREADS)
+    except CommandFailed as e:
+        from xr0.train.trainer import EXIT_CANCELLED   # stopped with a checkpoint
+
+        if e.code != EXIT_CANCELLED:
+            raise
+        step = next((ev["step"] for ev in e.events if ev["event"] == "done"), "?")
+        raise BenchStopped(f"stage {i + 1} ('{name}') was stopped at step {step} with a "
+                           f"checkpoint: run the bench again with XR0_BENCH_TRAIN_DIR={folder} "
+                           f"to continue") from None
     return next(e for e in events if e["event"] == "done")
+
+
+def _evaluate(ledger: _Ledger, name: str, checkpoint: str, episodes: int) -> dict:
+    """Success of `checkpoint` over seeds EVAL_SEED .. EVAL_SEED + episodes - 1, split into one
+    `main.py run` process per core (each episode is deterministic given its seed, so the split
+    changes nothing but the wall time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = max(1, min(episodes, EVAL_PROCESSES))
+    bounds = [EVAL_SEED + episodes * i // parts for i in range(parts + 1)]
+    t0 = time.monotonic()
+
+    def one(i: int):
+        return _run(["run", "--rig", "sim", "--policy", checkpoint, "--task", TASK, "--episodes",
+                     str(bounds[i + 1] - bounds[i]), "--seed", str(bounds[i]), "--strategy",
+                     STRATEGY, "--inject-delay-steps", str(EVAL_DELAY_STEPS)], 6 * 3600)
+
+    with ThreadPoolExecutor(parts) as pool:
+        futures = [pool.submit(one, i) for i in range(parts)]
+    rows = []
+    for i, fut in enumerate(futures):
+        try:
+            events, wall, cpu, rss = fut.result()
+        except CommandFailed as e:
+            ledger.add(f"eval {name} ({i + 1}/{parts})", e.wall, e.cpu, e.rss, f"exit {e.code}")
+            raise
+        ledger.add(f"eval {name} ({i + 1}/{parts})", wall, cpu, rss, "done")
+        rows += [e for e in events if e["event"] == "episode"]
+    if len(rows) != episodes:
+        raise RuntimeError(f"evaluation of {checkpoint} reported {len(rows)} of {episodes} "
+                           f"episodes")
+    reached = [r["max_reward"] for r in rows if r.get("max_reward") is not None]
+    return {"success_rate": sum(r["success"] for r in rows) / len(rows),
+            "stages": {str(s): reached.count(s) for s in sorted(set(reached))},
+            "eval_s": round(time.monotonic() - t0, 1), "processes": parts}
 
 
 def run(quick: bool = False) -> Iterator[Figure]:
@@ -270,7 +318,7 @@ def _bench(folder: Path, quick: bool) -> Iterator[Figure]:
     from xr0.train.rundir import read_events
 
     demos, seconds = (3, 3.0) if quick else (150, None)
-    evals = 1 if quick else 50
+    evals = 2 if quick else 50
     ledger = _Ledger(folder, _recipe(quick, demos, evals))
     yield from _record(folder, ledger, demos, seconds)
 
@@ -321,14 +369,7 @@ def _bench(folder: Path, quick: bool) -> Iterator[Figure]:
             continue
         result = ledger.data["evals"].get(name)
         if result is None:
-            t0 = time.monotonic()
-            events_e = _run_logged(ledger, f"eval {name}", [
-                "run", "--rig", "sim", "--policy", done["checkpoint"], "--task", TASK,
-                "--episodes", str(evals), "--seed", str(EVAL_SEED), "--strategy", STRATEGY,
-                "--inject-delay-steps", str(EVAL_DELAY_STEPS)], timeout=6 * 3600)
-            summary = next(e for e in events_e if e["event"] == "summary")
-            result = {"success_rate": summary["success_rate"], "stages": summary["stages"],
-                      "eval_s": round(time.monotonic() - t0, 1)}
+            result = _evaluate(ledger, name, done["checkpoint"], evals)
             ledger.data["evals"][name] = result
             ledger.save()
         curve.append({"stage": name, "training_s": round(at_s, 1), "cpu_s": round(at_cpu, 1),

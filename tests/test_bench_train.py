@@ -1,7 +1,8 @@
 """`main.py bench train --quick` end to end (real recording, real trainers, real sim evaluations),
-stopped with Ctrl-C in the middle of a stage and run again on its folder: the second run records
-nothing again, skips the finished stage, resumes the cut-short one from its checkpoint and counts
-what the first run spent; a third run only reads back what is done."""
+stopped in the middle of a stage twice (Ctrl-C on the bench; SIGTERM to its trainer alone) and
+run again on its folder: the later runs record nothing again, skip the finished stages, resume a
+cut-short one from its checkpoint and count what the earlier runs spent; a last run only reads
+back what is done."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from app.core.jobs import trainer_alive
-from bench.train import STAGES, _Ledger, _recipe
+from bench.train import EVAL_PROCESSES, STAGES, _Ledger, _recipe
 from xr0.train.rundir import read_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,46 +34,74 @@ def _figures(stdout: str) -> dict[str, dict]:
             if f.get("bench") == "train"}
 
 
+def _wait(cond, deadline: float, what: str) -> None:
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def _stop_in_stage(folder: Path, env: dict, stage: int, trainer_only: bool):
+    """Start the bench and, once stage `stage`'s trainer is in its loop, stop it: SIGTERM to the
+    trainer alone, or Ctrl-C (SIGINT to the bench's whole process group). Returns the bench's
+    (exit status, stderr) and the trainer's cancelled done event, once the trainer has exited."""
+    run = folder / "run" / f"stage{stage}"
+    starts = len(_starts(run))
+    bench = subprocess.Popen(CMD, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             # as from a terminal, whatever the caller ignores
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 400
+
+    def started():
+        assert bench.poll() is None, bench.communicate()[1][-3000:]
+        return len(_starts(run)) > starts
+
+    _wait(started, deadline, f"stage {stage} never started")
+    pid = json.loads((run / "run.json").read_text())["pid"]
+    if trainer_only:
+        os.kill(pid, signal.SIGTERM)
+    else:
+        os.killpg(bench.pid, signal.SIGINT)
+    _, err = bench.communicate(timeout=120)
+    _wait(lambda: not trainer_alive(pid, run), deadline, "the trainer never exited")
+    done = [e for e in read_events(run) if e["event"] == "done"][-1]
+    assert done["status"] == "cancelled" and done["step"] < 4
+    return bench.returncode, err, done
+
+
+@pytest.mark.timeout(900)   # four bench runs: about 5 minutes on 2 quiet cores
 def test_a_stopped_bench_continues_where_it_left_off(tmp_path):
     folder = tmp_path / "bench"
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa"),
            "XR0_BENCH_TRAIN_DIR": str(folder)}
-    stage2 = folder / "run" / "stage2"
-    first = subprocess.Popen(CMD, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 400
-    while not _starts(stage2):                 # stage 2's trainer is in its loop
-        assert first.poll() is None, first.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "stage 2 never started"
-        time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGINT)        # Ctrl-C on the terminal: the bench and its trainer
-    first.communicate(timeout=120)
-    assert first.returncode != 0
-    while not [e for e in read_events(stage2) if e["event"] == "done"]:
-        assert time.monotonic() < deadline, "the cancelled trainer never wrote its checkpoint"
-        time.sleep(0.1)
-    [cancelled] = [e for e in read_events(stage2) if e["event"] == "done"]
-    assert cancelled["status"] == "cancelled" and cancelled["step"] < 4
-    pid = json.loads((stage2 / "run.json").read_text())["pid"]
-    while trainer_alive(pid, stage2):          # it exits after its last event
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    # Ctrl-C in stage 2: the bench dies at once and never sees its trainer's end
+    code, _, cut2 = _stop_in_stage(folder, env, 2, trainer_only=False)
+    assert code != 0
+    # the trainer of stage 3 stopped alone: the bench says how to continue
+    code, err, cut3 = _stop_in_stage(folder, env, 3, trainer_only=True)
+    assert code == 3 and "stage 3" in err and f"XR0_BENCH_TRAIN_DIR={folder}" in err
+    assert len(_starts(folder / "run" / "stage2")) == 2   # stage 2 resumed and finished first
 
     second = subprocess.run(CMD, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-4000:]
     figs = _figures(second.stdout)
 
     assert len(_starts(folder / "run" / "stage1")) == 1         # finished: not trained again
-    s2 = _starts(stage2)
-    assert len(s2) == 2 and s2[1]["step"] == cancelled["step"]  # resumed from its checkpoint
-    assert [e["step"] for e in read_events(stage2) if e["event"] == "done"][-1] == 4
-    for i in range(3, len(STAGES) + 1):
+    for stage, cut in ((2, cut2), (3, cut3)):
+        run = folder / "run" / f"stage{stage}"
+        s = _starts(run)
+        assert len(s) == 2 and s[1]["step"] == cut["step"]     # resumed from its checkpoint
+        assert [e["step"] for e in read_events(run) if e["event"] == "done"][-1] == 4
+    for i in range(4, len(STAGES) + 1):
         assert len(_starts(folder / "run" / f"stage{i}")) == 1
     ledger = json.loads((folder / "bench.json").read_text())
     assert [c["what"] for c in ledger["commands"]].count("record") == 1   # recorded once
-    assert "demonstrations recorded" in figs and figs["demonstrations recorded"]["value"] == 3
+    assert figs["demonstrations recorded"]["value"] == 3
+    assert [c["status"] for c in ledger["commands"] if c["what"] == "stage3"] == ["exit 3",
+                                                                                 "done"]
 
     time_fig = figs["tiny-scratch training time"]
+    # stage 2's first attempt is known only from its trainer's events; stage 3's from the ledger
     assert figs["tiny-scratch training throughput"]["detail"]["interrupted_attempts"] == 1
     assert "1 attempt(s) cut short" in time_fig["anchor"]
     finished = sum(c["wall_s"] for c in ledger["commands"] if c["what"].startswith("stage"))
@@ -84,6 +113,8 @@ def test_a_stopped_bench_continues_where_it_left_off(tmp_path):
                                             for n, _, _ in STAGES[-3:]]
     assert all(0.0 <= f["value"] <= 1.0 for f in success)
     assert sorted(ledger["evals"]) == sorted(n for n, _, _ in STAGES[-3:])
+    # each evaluation split its 2 seeds over the cores, one process each
+    assert all(r["processes"] == min(2, EVAL_PROCESSES) for r in ledger["evals"].values())
 
     third = subprocess.run(CMD, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0, third.stderr[-4000:]
@@ -94,7 +125,7 @@ def test_a_stopped_bench_continues_where_it_left_off(tmp_path):
 
 
 def test_a_bench_folder_must_be_new_a_store_or_an_earlier_bench(tmp_path):
-    recipe = _recipe(True, 3, 1)
+    recipe = _recipe(True, 3, 2)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="no bench"):

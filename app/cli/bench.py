@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import time
 
-from app.cli.output import emit_json, table
+from app.cli.output import emit_json, error, table
 
 
 def register(sub) -> None:
@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from bench import BENCHES
+    from bench import BENCHES, BenchStopped
 
     names = args.names or list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
@@ -31,7 +31,17 @@ def run(args) -> int:
     for name in names:
         mod = importlib.import_module(BENCHES[name][0])
         t0 = time.monotonic()
-        for fig in mod.run(quick=args.quick):
+        figures = mod.run(quick=args.quick)
+        while True:
+            try:
+                fig = next(figures)
+            except StopIteration:
+                break
+            except BenchStopped as e:
+                if args.json:
+                    emit_json({"event": "stopped", "bench": name, "message": str(e)})
+                error(str(e))
+                return 3
             if args.json:
                 emit_json(fig.as_dict())
             else:
