@@ -205,6 +205,12 @@ def _record(folder: Path, ledger: _Ledger, demos: int, seconds: float | None) ->
            f"recorded before this bench into {store}")))
 
 
+def _restarts(out: Path) -> list[Path]:
+    """The attempts at a stage that were set aside to start it over (oldest first)."""
+    return sorted(out.parent.glob(f"{out.name}.restart*"),
+                  key=lambda p: int(p.name.rsplit("restart", 1)[1]))
+
+
 def _stage_cost(ledger: _Ledger, what: str, out: Path) -> tuple[float, float, float, int]:
     """(wall s, CPU s, peak RSS MiB, interrupted attempts) a stage has cost so far: the
     commands the ledger saw finish, plus, for each attempt a killed bench never saw end, its
@@ -218,7 +224,8 @@ def _stage_cost(ledger: _Ledger, what: str, out: Path) -> tuple[float, float, fl
     seen = {c["started"] for c in done}
     interrupted = 0
     span: list[dict] = []
-    for ev in [*read_events(out), {"event": "start", "time": None}]:
+    events = [ev for d in (*_restarts(out), out) for ev in read_events(d)]
+    for ev in [*events, {"event": "start", "time": None}]:
         if ev["event"] == "start":
             if span and span[0]["event"] == "start" and span[0]["time"] not in seen:
                 wall += span[-1]["time"] - span[0]["time"]
@@ -231,8 +238,6 @@ def _stage_cost(ledger: _Ledger, what: str, out: Path) -> tuple[float, float, fl
 def _train_stage(folder: Path, ledger: _Ledger, i: int, base: str, quick: bool) -> dict:
     """Train stage i (0-based) from `base`, resuming an earlier bench's attempt from its last
     checkpoint; returns the trainer's done event."""
-    import shutil
-
     from app.core.jobs import trainer_alive
     from xr0.train.rundir import RunDir, read_events
 
@@ -249,7 +254,9 @@ def _train_stage(folder: Path, ledger: _Ledger, i: int, base: str, quick: bool) 
                            f"{rd.read()['pid']}: wait for it or stop it, then run the bench again")
     resume = rd.exists() and rd.last_checkpoint() is not None
     if out.exists() and not resume:
-        shutil.rmtree(out)   # an attempt that died before its first checkpoint: start it over
+        # an attempt that died before its first checkpoint: kept aside (its time still counts),
+        # and the stage starts over
+        out.rename(out.with_name(f"{out.name}.restart{len(_restarts(out)) + 1}"))
     train = ["train", "--store", str(folder / "store"), "--base", base,
              "--preset", "tiny-scratch", "--out", str(out), "--val-episodes",
              "1" if quick else "2", "--keep-checkpoints", "0", "--steps", str(steps), *VIEW,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from app.core.jobs import trainer_alive
-from bench.train import EVAL_PROCESSES, STAGES, _Ledger, _recipe
+from bench.train import EVAL_PROCESSES, STAGES, _Ledger, _recipe, _restarts, _stage_cost
 from xr0.train.rundir import read_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,3 +135,23 @@ def test_a_bench_folder_must_be_new_a_store_or_an_earlier_bench(tmp_path):
     _Ledger(tmp_path / "store_only", recipe)                  # and continues
     with pytest.raises(ValueError, match="another recipe"):
         _Ledger(tmp_path / "store_only", _recipe(False, 150, 50))
+
+
+def test_stage_cost_adds_the_attempts_the_bench_never_saw_end(tmp_path):
+    folder = tmp_path / "bench"
+    ledger = _Ledger(folder, _recipe(True, 3, 2))
+    out = folder / "run" / "stage1"
+
+    def events(path: Path, *evs) -> None:
+        path.mkdir(parents=True)
+        (path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evs))
+
+    # set aside before its first checkpoint, then cut short after one, then finished
+    events(folder / "run" / "stage1.restart1", {"event": "start", "time": 100.0},
+           {"event": "step", "time": 140.0})
+    events(out, {"event": "start", "time": 200.0}, {"event": "checkpoint", "time": 250.0},
+           {"event": "step", "time": 260.0}, {"event": "start", "time": 300.0},
+           {"event": "done", "time": 380.0})
+    ledger.add("stage1", 95.0, 180.0, 640.0, "done", started=300.0)   # the bench saw it end
+    assert [p.name for p in _restarts(out)] == ["stage1.restart1"]
+    assert _stage_cost(ledger, "stage1", out) == (95.0 + 40.0 + 60.0, 180.0, 640.0, 2)
