@@ -38,6 +38,10 @@ class BenchStopped(Exception):
     """A benchmark was stopped part-way (its work kept); the message says how to continue."""
 
 
+class BenchFailed(Exception):
+    """A command a benchmark ran failed; the message carries what it printed."""
+
+
 @dataclass
 class Figure:
     bench: str

@@ -34,14 +34,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench import BenchStopped, Figure
+from bench import BenchFailed, BenchStopped, Figure
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_SEED = 100_000        # evaluation seeds start here; demonstrations use 1, 2, 3, ...
 TASK = "transfer the cube"
 
 
-class CommandFailed(RuntimeError):
+class CommandFailed(BenchFailed):
     """A `main.py` command exited with an error; what it cost and printed until then."""
 
     def __init__(self, message: str, code: int, events: list[dict], wall: float, cpu: float,
@@ -250,7 +250,7 @@ def _train_stage(folder: Path, ledger: _Ledger, i: int, base: str, quick: bool) 
     if done:
         return done[-1]
     if rd.exists() and trainer_alive(rd.read().get("pid"), out):
-        raise RuntimeError(f"stage {i + 1} ({out}) is still training in process "
+        raise BenchStopped(f"stage {i + 1} ({out}) is still training in process "
                            f"{rd.read()['pid']}: wait for it or stop it, then run the bench again")
     resume = rd.exists() and rd.last_checkpoint() is not None
     if out.exists() and not resume:

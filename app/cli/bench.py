@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from bench import BENCHES, BenchStopped
+    from bench import BENCHES, BenchFailed, BenchStopped
 
     names = args.names or list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
@@ -37,11 +37,13 @@ def run(args) -> int:
                 fig = next(figures)
             except StopIteration:
                 break
-            except BenchStopped as e:
+            except (BenchStopped, BenchFailed) as e:
+                stopped = isinstance(e, BenchStopped)
                 if args.json:
-                    emit_json({"event": "stopped", "bench": name, "message": str(e)})
+                    emit_json({"event": "stopped" if stopped else "failed", "bench": name,
+                               "message": str(e)})
                 error(str(e))
-                return 3
+                return 3 if stopped else 1
             if args.json:
                 emit_json(fig.as_dict())
             else:
