@@ -182,6 +182,25 @@ def test_estop_stops_the_run_for_good(session, store):
         run.start()
 
 
+def test_an_estop_between_the_watchers_reads_is_reported_as_the_estop(session, store,
+                                                                      monkeypatch):
+    """The watcher reads the source, the loop and the e-stop flag one after the other; an e-stop
+    landing among those reads (it clears the source) is still reported as an e-stop."""
+    run = start_scripted(session, store)
+    real_status, fired = session.status, []
+
+    def status():
+        if not fired and sys._getframe(1).f_code.co_name == "_watch":
+            fired.append(True)
+            session.estop()  # the operator's e-stop, in the middle of the watcher's look
+        return real_status()
+
+    monkeypatch.setattr(session, "status", status)
+    assert run.wait("stopped", 2.0) and fired
+    assert "e-stop" in run.reason, run.reason
+    assert past_runs(store)[0]["status"] == "estopped"
+
+
 def test_estop_during_takeover_keeps_the_correction_incomplete(session, store):
     run = start_scripted(session, store)
     run.take_over()

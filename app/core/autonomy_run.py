@@ -339,6 +339,13 @@ class AutonomyRun:
             state = self._state
             if state in ("stopped", "failed"):
                 return
+            # Read what an e-stop changes (the source, the runtime) before the e-stop flag:
+            # RigSession.estop() sets the flag first, so a source already cleared by an e-stop
+            # is always seen with the flag set, and reported as the e-stop it is.
+            source = self.session.source
+            status = self.session.status()
+            rt = self._runtime
+            rt_error = rt.error if rt is not None else None
             if self.session.rig.estopped:
                 self._halt("stopped", reason="e-stop pressed: the policy stopped and does not "
                                              "resume; release the e-stop and start a new run"
@@ -346,16 +353,14 @@ class AutonomyRun:
                                              "e-stop pressed while the policy warmed up: it "
                                              "never moved the arms")
                 return
-            status = self.session.status()
             if not status.running:
                 self._halt("failed", error=f"the control loop stopped: {status.error or 'closed'}"
                                            f"; the followers were set to hold")
                 return
-            rt = self._runtime
-            if state in ("running", "paused") and rt is not None and rt.error is not None:
-                self._halt("failed", error=f"{rt.error}")
+            if state in ("running", "paused") and rt_error is not None:
+                self._halt("failed", error=f"{rt_error}")
                 return
-            if state in ("running", "paused") and self.session.source is not self._source:
+            if state in ("running", "paused") and source is not self._source:
                 self._halt("stopped", reason="another control took the followers")
                 return
             if (state == "takeover" and self.store is not None and self._recording is None

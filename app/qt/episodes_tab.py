@@ -411,8 +411,9 @@ class EpisodesTab(QWidget):
         if r is not None:
             from drivers.replay import ReplayState
 
+            source = self.session.source  # before the status: an e-stop sets its flag first
             st = self.session.status()
-            if self.session.source is not r or st.estopped or st.error:
+            if source is not r or st.estopped or st.error:
                 self.stop_replay("stopped by the e-stop" if st.estopped else
                                  f"stopped: {st.error}" if st.error else "stopped")
             elif r.state is ReplayState.DONE:
