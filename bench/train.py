@@ -307,8 +307,8 @@ def _evaluate(ledger: _Ledger, name: str, checkpoint: str, episodes: int) -> dic
         ledger.add(f"eval {name} ({i + 1}/{parts})", wall, cpu, rss, "done")
         rows += [e for e in events if e["event"] == "episode"]
     if len(rows) != episodes:
-        raise RuntimeError(f"evaluation of {checkpoint} reported {len(rows)} of {episodes} "
-                           f"episodes")
+        raise BenchFailed(f"evaluation of {checkpoint} reported {len(rows)} of {episodes} "
+                          f"episodes; nothing was recorded for it: run the bench again to redo it")
     reached = [r["max_reward"] for r in rows if r.get("max_reward") is not None]
     return {"success_rate": sum(r["success"] for r in rows) / len(rows),
             "stages": {str(s): reached.count(s) for s in sorted(set(reached))},

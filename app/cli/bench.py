@@ -31,29 +31,25 @@ def run(args) -> int:
     for name in names:
         mod = importlib.import_module(BENCHES[name][0])
         t0 = time.monotonic()
-        figures = mod.run(quick=args.quick)
-        while True:
-            try:
-                fig = next(figures)
-            except StopIteration:
-                break
-            except (BenchStopped, BenchFailed) as e:
-                stopped = isinstance(e, BenchStopped)
+        try:
+            for fig in mod.run(quick=args.quick):
                 if args.json:
-                    emit_json({"event": "stopped" if stopped else "failed", "bench": name,
-                               "message": str(e)})
-                error(str(e))
-                return 3 if stopped else 1
+                    emit_json(fig.as_dict())
+                else:
+                    rows.append({
+                        "bench": fig.bench, "figure": fig.name,
+                        "value": "n/a" if fig.value is None else f"{fig.value:.4g}",
+                        "unit": fig.unit, "goal": fig.goal,
+                        "met": {True: "yes", False: "NO", None: "-"}[fig.met],
+                        "anchor": fig.anchor,
+                    })
+        except (BenchStopped, BenchFailed) as e:
+            stopped = isinstance(e, BenchStopped)
             if args.json:
-                emit_json(fig.as_dict())
-            else:
-                rows.append({
-                    "bench": fig.bench, "figure": fig.name,
-                    "value": "n/a" if fig.value is None else f"{fig.value:.4g}",
-                    "unit": fig.unit, "goal": fig.goal,
-                    "met": {True: "yes", False: "NO", None: "-"}[fig.met],
-                    "anchor": fig.anchor,
-                })
+                emit_json({"event": "stopped" if stopped else "failed", "bench": name,
+                           "message": str(e)})
+            error(str(e))
+            return 3 if stopped else 1
         if not args.json:
             print(f"[{name}] done in {time.monotonic() - t0:.1f} s")
     if not args.json:
