@@ -198,7 +198,8 @@ def test_an_estop_between_the_watchers_reads_is_reported_as_the_estop(session, s
     monkeypatch.setattr(session, "status", status)
     assert run.wait("stopped", 2.0) and fired
     assert "e-stop" in run.reason, run.reason
-    assert past_runs(store)[0]["status"] == "estopped"
+    wait_for(lambda: past_runs(store)[0]["status"] == "estopped", 10.0,
+             "the run's record to say e-stopped")  # written after the state changes
 
 
 def test_estop_during_takeover_keeps_the_correction_incomplete(session, store):
