@@ -153,6 +153,73 @@ def test_stop_before_the_first_step_ends_the_cycle_cleanly(tmp_path, sim_config)
     assert [e.status for e in store.episodes(status=None)] in ([], ["discarded"], ["complete"])
 
 
+def test_stop_before_a_camera_delivered_a_frame_drops_the_episode_without_failing(tmp_path,
+                                                                                sim_config):
+    """Stop pressed while a camera has not yet delivered the episode's first frame (its render
+    worker held up, as on a loaded machine): the episode is too short to keep, which is no camera
+    fault. It is dropped with the reason, and the cycle ends done, not failed."""
+    store = EpisodeStore.open(tmp_path / "store")
+    events = []
+    with RigSession(sim_config) as session:
+        cams = session.rig.cameras
+        for c in cams.values():  # the renderer is running
+            c.wait_next(0, timeout_s=30.0)
+        deadline = time.monotonic() + 30
+        worker = session.rig.render_worker_pid
+        os.kill(worker, signal.SIGSTOP)  # no frame until SIGCONT (a hang is only declared at 5 s)
+        try:
+            time.sleep(0.3)  # a frame already on its way is delivered before the episode starts
+            cycle = EpisodeCycle(session, store, CyclePlan(task="t", episodes=2, seconds=5.0),
+                                 on_event=events.append)
+            cycle.start()
+            while not (cycle.phase.value == "recording" and cycle.current is not None
+                       and cycle.current.stats.steps >= 10):
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            cycle.stop()
+            cycle.join(timeout=30)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        assert cycle.error == "" and cycle.phase.value == "done", cycle.error
+        assert cycle.done == []
+        dropped = [e for e in events if e["event"] == "discard"]
+        assert len(dropped) == 1 and "before camera" in dropped[0]["reason"], events
+        assert all(repr(n) in dropped[0]["reason"] for n in cams), dropped[0]["reason"]
+        assert not session.rig.render_error
+    assert [e.status for e in store.episodes(status=None)] == ["discarded"]
+    assert not (tmp_path / "store" / "episodes" / f"{dropped[0]['id']:06d}").exists()
+
+
+def test_a_camera_silent_for_two_seconds_stops_the_recording_and_keeps_the_episode(tmp_path,
+                                                                                 sim_config):
+    """A camera that delivers nothing for 2 s has failed (the short waits that let a stop through
+    must not reset that clock): the recording stops, the episode is kept as incomplete."""
+    store = EpisodeStore.open(tmp_path / "store")
+    with RigSession(sim_config) as session:
+        for c in session.rig.cameras.values():
+            c.wait_next(0, timeout_s=30.0)
+        cycle = EpisodeCycle(session, store, CyclePlan(task="t", episodes=1, seconds=20.0))
+        cycle.start()
+        deadline = time.monotonic() + 30
+        while not (cycle.current is not None and all(cycle.current.stats.frames.values())):
+            assert time.monotonic() < deadline and cycle.phase.value != "failed", cycle.error
+            time.sleep(0.02)
+        worker = session.rig.render_worker_pid
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            while cycle.phase.value != "failed":
+                assert time.monotonic() - t0 < 4.0, "a silent camera went unnoticed"
+                time.sleep(0.02)
+            silent_s = time.monotonic() - t0
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        cycle.join(timeout=30)
+        assert "stopped delivering frames" in cycle.error and "incomplete" in cycle.error
+        assert 1.8 <= silent_s, silent_s
+    assert [e.status for e in store.episodes(status=None)] == ["incomplete"]
+
+
 def test_a_failing_listener_never_stops_the_control_loop(sim_config):
     session = RigSession(sim_config)
 

@@ -65,6 +65,8 @@ def run(args) -> int:
             frames = ", ".join(f"{k} {v}" for k, v in ev["frames"].items())
             print(f"episode {ev['id']} saved: {ev['duration_s']:.1f} s, {ev['steps']} steps, "
                   f"frames {frames}, success {ev['success']}")
+        elif ev["event"] == "discard" and ev.get("reason"):
+            print(f"episode {ev['id']} not kept: {ev['reason']}")
 
     if args.stepping:
         return _run_stepping(args, cfg, store, seconds, on_event)

@@ -28,8 +28,10 @@ from app.core.rig_session import RigSession, StepRecord
 from drivers import layout
 from drivers.clock import now
 from drivers.errors import ConnectionFailed
-from store import EpisodeInfo, EpisodeStore, EpisodeWriter, StoreError
+from store import EmptyEpisode, EpisodeInfo, EpisodeStore, EpisodeWriter, StoreError
 from store.video import VideoError, VideoWriter
+
+STOP_POLL_S = 0.2  # how often a camera thread waiting for a frame looks for a stop
 
 EXTRA_COLUMNS = {"reward": 1}  # sim task reward per step (NaN on hardware)
 SEED_TAG = "seed:"  # sim episodes are tagged with their scene's seed, so they replay in it
@@ -106,15 +108,23 @@ class Recording:
             last = cam.latest().seq
         except ConnectionFailed:
             last = 0
-        period = 1.0 / cam.config.fps
+        # a camera silent for 2 s (or 10 periods) has failed; shorter gaps happen when the
+        # machine is loaded (a sim render worker starved of CPU) and cost frames only. The wait
+        # goes in short slices so that a stop is seen at once, even while a camera is silent.
+        silence_s = max(2.0, 10.0 / cam.config.fps)
+        heard = now()
         while not self._stop.is_set():
+            asked = now()
             try:
-                # a camera silent for 2 s (or 10 periods) has failed; shorter gaps happen when
-                # the machine is loaded (a sim render worker starved of CPU) and cost frames only
-                f = cam.wait_next(last, timeout_s=max(2.0, 10 * period))
+                f = cam.wait_next(last, timeout_s=STOP_POLL_S)
             except ConnectionFailed as e:
-                self._fail(f"camera '{name}' stopped delivering frames: {e}")
-                return
+                if now() - heard >= silence_s:
+                    self._fail(f"camera '{name}' stopped delivering frames: {e}")
+                    return
+                if now() - asked < STOP_POLL_S / 2:  # refused at once (a failed camera)
+                    self._stop.wait(STOP_POLL_S / 4)
+                continue
+            heard = now()
             if self._stop.is_set() or f.t_host < self.t_start:
                 last = f.seq
                 continue
@@ -337,7 +347,25 @@ class EpisodeCycle:
                 rec = self.session.latest()
                 if rec is not None and "success" in rec.state.info:
                     success = bool(rec.state.info["success"])
-                info = self.current.finish(success=success)
+                try:
+                    info = self.current.finish(success=success)
+                except EmptyEpisode:
+                    if cmd != "stop":
+                        raise
+                    # stopped before every camera delivered a frame (a loaded machine's render
+                    # worker, a camera's first frame still on its way): too short to keep, and
+                    # no fault, since a camera is only failed after 2 s of silence
+                    rec_ = self.current
+                    silent = [n for n, k in rec_.stats.frames.items() if k == 0]
+                    if not silent:
+                        raise
+                    reason = (f"stopped {rec_.elapsed:.1f} s into it, before camera "
+                              f"{', '.join(map(repr, silent))} delivered a frame")
+                    rec_.discard()
+                    self.current = None
+                    self.on_event({"event": "discard", "episode": len(self.done) + 1,
+                                   "id": rec_.writer.id, "reason": reason})
+                    break
                 stats = self.current.stats
                 self.current = None
                 self.done.append(info)

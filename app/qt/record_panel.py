@@ -65,6 +65,7 @@ class RecordPanel(QWidget):
         self.store: EpisodeStore | None = None
         self.saved: list[int] = []          # episodes saved in this session, oldest first
         self._events: queue.Queue[dict] = queue.Queue()
+        self._discarded = ""                # the last cycle's episode not kept, and why
         self._tick = 0
         is_sim = session.config.kind == "sim"
 
@@ -236,6 +237,7 @@ class RecordPanel(QWidget):
                           ("warmup", self.warmup), ("reset", self.reset)):
             self.settings.setValue(KEY + name, box.value())
         self.settings.sync()
+        self._discarded = ""
         self.cycle = EpisodeCycle(self.session, self.store, plan, on_event=self._events.put)
         self.message.setText(f"recording {plan.episodes} × '{task}'")
         self.cycle.start()
@@ -292,7 +294,9 @@ class RecordPanel(QWidget):
             elif kind == "rerecord":
                 self.message.setText(f"episode {ev['episode']} dropped: recording it again")
             elif kind == "discard":
-                self.message.setText(f"episode {ev['episode']} discarded")
+                why = f": {ev['reason']}" if ev.get("reason") else ""
+                self._discarded = f"episode {ev['episode']} not kept{why}"
+                self.message.setText(self._discarded)
 
     def _show_cycle(self, cycle: EpisodeCycle) -> None:
         phase = cycle.phase
@@ -315,7 +319,8 @@ class RecordPanel(QWidget):
             self.message.setText(f"stopped: {cycle.error}")
             self.error.emit("Recording stopped", cycle.error)
         else:
-            self.message.setText(f"done: {len(cycle.done)} episode(s) saved")
+            note = f"; {self._discarded}" if self._discarded else ""
+            self.message.setText(f"done: {len(cycle.done)} episode(s) saved{note}")
         self._update_buttons()
 
     def _update_buttons(self) -> None:
