@@ -104,6 +104,34 @@ def test_resume_after_cancel_equals_uninterrupted_run(store_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_frame_lag_run_trains_on_older_frames_and_resumes_exactly(store_dir, tmp_path):
+    """--frame-lag: the frames' extra age is drawn from each sample's global number, so a run cut
+    short and resumed ends with the uninterrupted run's weights; and it reaches training (the
+    weights differ from an unlagged run's)."""
+    from xr0.train import distributed
+    from xr0.train.selection import StepBatches
+
+    cfg = tiny(steps=4, checkpoint_every=100, val_episodes=0, frame_lag=3)
+    batches = list(StepBatches(100, cfg, distributed.DistInfo(), 0))
+    assert all(isinstance(i, int) and isinstance(d, int) for b in batches for i, d in b)
+    assert run(cfg, store_dir, tmp_path / "a")[0] == EXIT_DONE
+    assert run(cfg.replace(frame_lag=0), store_dir, tmp_path / "plain")[0] == EXIT_DONE
+
+    trainer = Trainer(cfg, store_dir, tmp_path / "b", episodes="1-4")
+    trainer.on_event = lambda e: setattr(trainer, "cancel_requested", e.get("step") == 2 or
+                                         trainer.cancel_requested)
+    assert trainer.run() == EXIT_CANCELLED
+    code, events = run(cfg, store_dir, tmp_path / "b", resume=True)
+    assert code == EXIT_DONE and events[0]["step"] == 2
+
+    a, b, plain = (load_file(str(RunDir(tmp_path / n).last_checkpoint() / "model.safetensors"))
+                   for n in ("a", "b", "plain"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], plain[k]) for k in a)
+    with pytest.raises(ValueError, match="--frame-lag"):
+        tiny(frame_lag=-1)
+
+
 def test_lora_preset_saves_merged_official_names(store_dir, tmp_path):
     cfg = train_preset("lora", base="xr0-tiny", steps=2, batch=2, micro_batch=2, num_workers=0,
                        val_every=100, checkpoint_every=100, val_episodes=1, image_size=(96, 128),

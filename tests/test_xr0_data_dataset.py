@@ -66,6 +66,34 @@ def test_frames_are_aligned_by_timestamp_without_look_ahead(store):
     assert x["images"].dtype == np.uint8 and x["images"].shape == (2, *SIZE, 3)
 
 
+def test_frame_lag_takes_older_frames_drawn_from_the_sample_draw(store):
+    """frame_lag=K with an (i, draw) index: each camera's frame is 0..K frames older than the
+    aligned one (never before frame 0), the same draw always gives the same frames, and a plain
+    index is unlagged."""
+    K = 2
+    ds = EpisodeDataset(store, image_size=SIZE, chunk=CHUNK, frame_lag=K)
+    plain = EpisodeDataset(store, image_size=SIZE, chunk=CHUNK)
+    seen = set()
+    for i in range(0, len(ds), 3):
+        base = plain[i]
+        np.testing.assert_array_equal(ds[i]["image_index"], base["image_index"])
+        for draw in (i, 10_000 + i):
+            x = ds[(i, draw)]
+            lags = base["image_index"] - x["image_index"]
+            assert np.all((0 <= lags) & (lags <= K)), lags
+            assert np.all((lags == ds.frame_lags(draw)) | (x["image_index"] == 0))
+            seen.update(lags.tolist())
+            for c in range(len(ds.cameras)):
+                assert read_code(x["images"][c])[0] == x["image_index"][c]
+            assert x["step"] == base["step"]
+            np.testing.assert_array_equal(x["actions"], base["actions"])
+            y = ds[(i, draw)]
+            np.testing.assert_array_equal(y["image_index"], x["image_index"])
+    assert seen == set(range(K + 1))
+    with pytest.raises(ValueError, match="frame_lag"):
+        EpisodeDataset(store, image_size=SIZE, chunk=CHUNK, frame_lag=-1)
+
+
 def test_full_resolution_and_camera_order_as_requested(store):
     ds = EpisodeDataset(store, image_size=(H, W), cameras=["top", "left"], chunk=CHUNK)
     x = ds[len(ds) - 1]

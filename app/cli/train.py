@@ -45,6 +45,10 @@ def register(sub) -> None:
                    help="side of the random crop as a fraction of the image (default 0.95; 1 "
                         "turns the crop off, for fixed cameras whose place in the image carries "
                         "the target's position)")
+    p.add_argument("--frame-lag", type=int,
+                   help="training samples take each camera's frame 0..N frames older than the "
+                        "latest at the step (uniform; default 0), as live frames reach the "
+                        "policy at varying ages")
     p.add_argument("--ema", type=float,
                    help="decay of an exponential moving average of the weights, which the "
                         "checkpoints and validation use (e.g. 0.999; default 0: off)")
@@ -75,7 +79,7 @@ def _config(args):
                        ("checkpoint_every", "checkpoint_every"), ("val_every", "val_every"),
                        ("keep_checkpoints", "keep_checkpoints"), ("state_dropout", "state_dropout"),
                        ("state_noise", "state_noise"), ("crop_scale", "crop_scale"),
-                       ("ema", "ema_decay"),
+                       ("ema", "ema_decay"), ("frame_lag", "frame_lag"),
                        ("workers", "num_workers"), ("seed", "seed"), ("base", "base")):
         if getattr(args, arg) is not None:
             changes[field] = getattr(args, arg)

@@ -14,7 +14,10 @@ One sample per control step of every selected episode:
 
 Frame alignment: a step at time t takes, per camera, the latest frame whose timestamp is <= t
 (`np.searchsorted(frame_times, t, side="right") - 1`), so a sample never looks ahead in time; steps
-before a camera's first frame take frame 0. Frames are resized at decode to `image_size` = (h, w)
+before a camera's first frame take frame 0. With `frame_lag=K` and an index given as a pair
+(i, draw), each camera's frame is instead 0..K frames older than that (uniform, drawn from the
+integer `draw`, so the same pair always gives the same frames): the age a live camera's frame has
+when the policy reads it varies, by a frame period or more on a loaded machine. Frames are resized at decode to `image_size` = (h, w)
 with PIL's bilinear filter (which widens its support when shrinking, so downscaling is
 antialiased); the aspect ratio is not kept.
 
@@ -65,8 +68,11 @@ class EpisodeDataset(Dataset):
                  cameras: Sequence[str] | None = None, image_size: tuple[int, int] = (224, 224),
                  chunk: int = 30, action_mode: str = "absolute", stats: NormStats | None = None,
                  normalization: str = "mean_std", max_open_videos: int = 8,
-                 video_cache_frames: int = 16):
+                 video_cache_frames: int = 16, frame_lag: int = 0):
         self.action_mode = check_mode(action_mode)
+        if frame_lag < 0:
+            raise ValueError(f"frame_lag must be 0 or more frames, got {frame_lag}")
+        self.frame_lag = int(frame_lag)
         if chunk < 1:
             raise ValueError(f"chunk length must be at least 1, got {chunk}")
         h, w = (int(v) for v in image_size)
@@ -193,21 +199,35 @@ class EpisodeDataset(Dataset):
         e = int(np.searchsorted(self._starts, i, side="right")) - 1
         return e, i - int(self._starts[e])
 
-    def frame_index(self, episode: int, camera: str, step: int) -> int:
-        """The frame of `camera` a step uses (latest at or before the step's time, else 0)."""
+    def frame_index(self, episode: int, camera: str, step: int, lag: int = 0) -> int:
+        """The frame of `camera` a step uses: the latest at or before the step's time, `lag`
+        frames older (never before frame 0)."""
         ep = self._episodes[episode]
         j = int(np.searchsorted(ep.frame_times[camera], ep.t[step], side="right")) - 1
-        return max(j, 0)
+        return max(j - lag, 0)
 
-    def __getitem__(self, i: int) -> dict:
+    def frame_lags(self, draw: int | None) -> np.ndarray:
+        """Each camera's extra frame age for the sample drawn as `draw` (zeros without one, or
+        with frame_lag 0)."""
+        if draw is None or self.frame_lag == 0:
+            return np.zeros(len(self.cameras), dtype=np.int64)
+        rng = np.random.default_rng(np.random.SeedSequence([0x1A6, int(draw)]))
+        return rng.integers(0, self.frame_lag + 1, size=len(self.cameras))
+
+    def __getitem__(self, i: int | tuple[int, int]) -> dict:
+        """Sample i; (i, draw) also draws the frames' extra age when frame_lag > 0."""
+        draw = None
+        if isinstance(i, tuple):
+            i, draw = i
         e, s = self._locate(i)
         ep = self._episodes[e]
         h, w = self.image_size
         images = np.empty((len(self.cameras), h, w, 3), dtype=np.uint8)
         times = np.empty(len(self.cameras), dtype=np.float64)
         index = np.empty(len(self.cameras), dtype=np.int64)
+        lags = self.frame_lags(draw)
         for c, cam in enumerate(self.cameras):
-            j = self.frame_index(e, cam, s)
+            j = self.frame_index(e, cam, s, int(lags[c]))
             images[c] = self._frame(ep, cam, j)
             times[c], index[c] = ep.frame_times[cam][j], j
         actions, pad = action_chunk(ep.state, ep.action, s, self.chunk, self.action_mode,

@@ -72,6 +72,10 @@ class TrainConfig:
     # state slightly off them at its first chunk boundary and drifts further; with noise, a state
     # off the path is paired with the absolute targets that lead back to it
     state_noise: float = 0.0
+    # training samples take each camera's frame 0..frame_lag frames older than the latest one
+    # at the step (uniform): a live camera's frame reaches the policy at varying ages, a frame
+    # period or more on a loaded machine, while recordings pair each step with its latest frame
+    frame_lag: int = 0
     # decay of an exponential moving average of the trainable weights (xr0.train.ema), which the
     # checkpoints and validation then use; 0 turns it off
     ema_decay: float = 0.0
@@ -96,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"--state-dropout must be in [0, 1), got {self.state_dropout}")
         if not 0.0 <= self.state_noise <= 1.0:
             raise ValueError(f"--state-noise must be in [0, 1] (rig units), got {self.state_noise}")
+        if not 0 <= self.frame_lag <= 25:
+            raise ValueError(f"--frame-lag must be 0 to 25 frames, got {self.frame_lag}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"--ema must be in [0, 1) (0: off), got {self.ema_decay}")
         if not 0.5 <= self.crop_scale <= 1.0:

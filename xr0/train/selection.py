@@ -61,10 +61,14 @@ class StepBatches(torch.utils.data.Sampler):
 
     def __iter__(self):
         B, m = self.cfg.batch, self.cfg.micro_batch
+        # with a frame lag, each index goes with its global sample number, from which the
+        # dataset draws the frames' extra age: the same for any world size and after a resume
+        lag = self.cfg.frame_lag > 0
         for step in range(self.start, self.cfg.steps):
             for a in range(self.accum):
                 first = step * B + (self.info.rank * self.accum + a) * m
-                yield [self._sample(j) for j in range(first, first + m)]
+                yield [(self._sample(j), seed_of(self.cfg.seed, 11, j)) if lag else self._sample(j)
+                       for j in range(first, first + m)]
 
     def __len__(self) -> int:
         return (self.cfg.steps - self.start) * self.accum

@@ -213,7 +213,8 @@ class Trainer:
             stats.extra = {"normalization": "mean_std", "state": "raw"}
         self.stats = stats
         self.train_ds = EpisodeDataset(self.store_dir, train_ids, cameras=cams, image_size=size,
-                                       chunk=chunk, action_mode=cfg.action_mode, stats=stats)
+                                       chunk=chunk, action_mode=cfg.action_mode, stats=stats,
+                                       frame_lag=cfg.frame_lag)
         self.val_ds = EpisodeDataset(self.store_dir, val_ids, cameras=cams, image_size=size,
                                      chunk=chunk, action_mode=cfg.action_mode,
                                      stats=stats) if val_ids else None
