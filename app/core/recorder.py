@@ -355,16 +355,16 @@ class EpisodeCycle:
                     # stopped before every camera delivered a frame (a loaded machine's render
                     # worker, a camera's first frame still on its way): too short to keep, and
                     # no fault, since a camera is only failed after 2 s of silence
-                    rec_ = self.current
-                    silent = [n for n, k in rec_.stats.frames.items() if k == 0]
+                    partial = self.current
+                    silent = [n for n, k in partial.stats.frames.items() if k == 0]
                     if not silent:
                         raise
-                    reason = (f"stopped {rec_.elapsed:.1f} s into it, before camera "
+                    reason = (f"stopped {partial.elapsed:.1f} s into it, before camera "
                               f"{', '.join(map(repr, silent))} delivered a frame")
-                    rec_.discard()
+                    partial.discard()
                     self.current = None
                     self.on_event({"event": "discard", "episode": len(self.done) + 1,
-                                   "id": rec_.writer.id, "reason": reason})
+                                   "id": partial.writer.id, "reason": reason})
                     break
                 stats = self.current.stats
                 self.current = None
