@@ -294,9 +294,11 @@ class RecordPanel(QWidget):
             elif kind == "rerecord":
                 self.message.setText(f"episode {ev['episode']} dropped: recording it again")
             elif kind == "discard":
-                why = f": {ev['reason']}" if ev.get("reason") else ""
-                self._discarded = f"episode {ev['episode']} not kept{why}"
-                self.message.setText(self._discarded)
+                if ev.get("reason"):  # dropped by the cycle itself: said again at the end
+                    self._discarded = f"episode {ev['episode']} not kept: {ev['reason']}"
+                    self.message.setText(self._discarded)
+                else:
+                    self.message.setText(f"episode {ev['episode']} discarded")
 
     def _show_cycle(self, cycle: EpisodeCycle) -> None:
         phase = cycle.phase
