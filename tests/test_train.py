@@ -130,6 +130,8 @@ def test_a_frame_lag_run_trains_on_older_frames_and_resumes_exactly(store_dir, t
     assert not all(torch.equal(a[k], plain[k]) for k in a)
     with pytest.raises(ValueError, match="--frame-lag"):
         tiny(frame_lag=-1)
+    with pytest.raises(ValueError, match="--frame-lag-p"):
+        tiny(frame_lag=3, frame_lag_p=0.0)
 
 
 def test_lora_preset_saves_merged_official_names(store_dir, tmp_path):

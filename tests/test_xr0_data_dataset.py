@@ -94,6 +94,28 @@ def test_frame_lag_takes_older_frames_drawn_from_the_sample_draw(store):
         EpisodeDataset(store, image_size=SIZE, chunk=CHUNK, frame_lag=-1)
 
 
+def test_frame_lag_p_lags_only_that_fraction_of_the_samples(store):
+    """frame_lag_p=P: about a fraction P of the draws are lagged (0..K frames, as with P = 1),
+    the rest keep the aligned frames; the same draw always decides the same way."""
+    K, P, n = 3, 0.25, 2000
+    ds = EpisodeDataset(store, image_size=SIZE, chunk=CHUNK, frame_lag=K, frame_lag_p=P)
+    lags = np.stack([ds.frame_lags(d) for d in range(n)])
+    assert lags.min() >= 0 and lags.max() == K
+    lagged = (lags > 0).any(axis=1).mean()
+    # a lagged draw is 0 on every camera with probability 1/(K+1)^2 = 1/16
+    assert abs(lagged - P * (1 - 1 / (K + 1) ** 2)) < 0.04, lagged
+    np.testing.assert_array_equal(np.stack([ds.frame_lags(d) for d in range(n)]), lags)
+    every = EpisodeDataset(store, image_size=SIZE, chunk=CHUNK, frame_lag=K)
+    assert (np.stack([every.frame_lags(d) for d in range(n)]) > 0).any(axis=1).mean() > 0.9
+    i = len(ds) - 1
+    first = next(d for d in range(n) if (lags[d] > 0).all())
+    np.testing.assert_array_equal(ds[i]["image_index"] - ds[(i, first)]["image_index"],
+                                  lags[first])
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="frame_lag_p"):
+            EpisodeDataset(store, image_size=SIZE, chunk=CHUNK, frame_lag=K, frame_lag_p=bad)
+
+
 def test_full_resolution_and_camera_order_as_requested(store):
     ds = EpisodeDataset(store, image_size=(H, W), cameras=["top", "left"], chunk=CHUNK)
     x = ds[len(ds) - 1]

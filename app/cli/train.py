@@ -49,6 +49,10 @@ def register(sub) -> None:
                    help="training samples take each camera's frame 0..N frames older than the "
                         "latest at the step (uniform; default 0), as live frames reach the "
                         "policy at varying ages")
+    p.add_argument("--frame-lag-p", type=float,
+                   help="with --frame-lag: the fraction of samples it applies to (default 1); "
+                        "below 1 the rest keep their latest frames, as a camera that stalls "
+                        "now and then")
     p.add_argument("--ema", type=float,
                    help="decay of an exponential moving average of the weights, which the "
                         "checkpoints and validation use (e.g. 0.999; default 0: off)")
@@ -80,6 +84,7 @@ def _config(args):
                        ("keep_checkpoints", "keep_checkpoints"), ("state_dropout", "state_dropout"),
                        ("state_noise", "state_noise"), ("crop_scale", "crop_scale"),
                        ("ema", "ema_decay"), ("frame_lag", "frame_lag"),
+                       ("frame_lag_p", "frame_lag_p"),
                        ("workers", "num_workers"), ("seed", "seed"), ("base", "base")):
         if getattr(args, arg) is not None:
             changes[field] = getattr(args, arg)

@@ -17,7 +17,10 @@ Frame alignment: a step at time t takes, per camera, the latest frame whose time
 before a camera's first frame take frame 0. With `frame_lag=K` and an index given as a pair
 (i, draw), each camera's frame is instead 0..K frames older than that (uniform, drawn from the
 integer `draw`, so the same pair always gives the same frames): the age a live camera's frame has
-when the policy reads it varies, by a frame period or more on a loaded machine. Frames are resized at decode to `image_size` = (h, w)
+when the policy reads it varies, by a frame period or more on a loaded machine. With
+`frame_lag_p=P` below 1 only that fraction of the samples is lagged (a camera stall: the rest
+keep their latest frames), as a renderer or USB link that falls behind now and then leaves most
+steps with fresh frames and a few with frames up to a second old. Frames are resized at decode to `image_size` = (h, w)
 with PIL's bilinear filter (which widens its support when shrinking, so downscaling is
 antialiased); the aspect ratio is not kept.
 
@@ -68,11 +71,14 @@ class EpisodeDataset(Dataset):
                  cameras: Sequence[str] | None = None, image_size: tuple[int, int] = (224, 224),
                  chunk: int = 30, action_mode: str = "absolute", stats: NormStats | None = None,
                  normalization: str = "mean_std", max_open_videos: int = 8,
-                 video_cache_frames: int = 16, frame_lag: int = 0):
+                 video_cache_frames: int = 16, frame_lag: int = 0, frame_lag_p: float = 1.0):
         self.action_mode = check_mode(action_mode)
         if frame_lag < 0:
             raise ValueError(f"frame_lag must be 0 or more frames, got {frame_lag}")
+        if not 0.0 < frame_lag_p <= 1.0:
+            raise ValueError(f"frame_lag_p must be in (0, 1], got {frame_lag_p}")
         self.frame_lag = int(frame_lag)
+        self.frame_lag_p = float(frame_lag_p)
         if chunk < 1:
             raise ValueError(f"chunk length must be at least 1, got {chunk}")
         h, w = (int(v) for v in image_size)
@@ -212,6 +218,8 @@ class EpisodeDataset(Dataset):
         if draw is None or self.frame_lag == 0:
             return np.zeros(len(self.cameras), dtype=np.int64)
         rng = np.random.default_rng(np.random.SeedSequence([0x1A6, int(draw)]))
+        if self.frame_lag_p < 1.0 and rng.random() >= self.frame_lag_p:
+            return np.zeros(len(self.cameras), dtype=np.int64)
         return rng.integers(0, self.frame_lag + 1, size=len(self.cameras))
 
     def __getitem__(self, i: int | tuple[int, int]) -> dict:

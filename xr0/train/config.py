@@ -76,6 +76,9 @@ class TrainConfig:
     # at the step (uniform): a live camera's frame reaches the policy at varying ages, a frame
     # period or more on a loaded machine, while recordings pair each step with its latest frame
     frame_lag: int = 0
+    # the fraction of training samples that frame_lag applies to (1: all); below 1 it acts as a
+    # camera that stalls now and then, leaving most steps with their latest frames
+    frame_lag_p: float = 1.0
     # decay of an exponential moving average of the trainable weights (xr0.train.ema), which the
     # checkpoints and validation then use; 0 turns it off
     ema_decay: float = 0.0
@@ -102,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"--state-noise must be in [0, 1] (rig units), got {self.state_noise}")
         if not 0 <= self.frame_lag <= 25:
             raise ValueError(f"--frame-lag must be 0 to 25 frames, got {self.frame_lag}")
+        if not 0.0 < self.frame_lag_p <= 1.0:
+            raise ValueError(f"--frame-lag-p must be in (0, 1], got {self.frame_lag_p}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"--ema must be in [0, 1) (0: off), got {self.ema_decay}")
         if not 0.5 <= self.crop_scale <= 1.0:

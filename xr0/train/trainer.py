@@ -214,7 +214,7 @@ class Trainer:
         self.stats = stats
         self.train_ds = EpisodeDataset(self.store_dir, train_ids, cameras=cams, image_size=size,
                                        chunk=chunk, action_mode=cfg.action_mode, stats=stats,
-                                       frame_lag=cfg.frame_lag)
+                                       frame_lag=cfg.frame_lag, frame_lag_p=cfg.frame_lag_p)
         self.val_ds = EpisodeDataset(self.store_dir, val_ids, cameras=cams, image_size=size,
                                      chunk=chunk, action_mode=cfg.action_mode,
                                      stats=stats) if val_ids else None
