@@ -132,6 +132,8 @@ def test_a_frame_lag_run_trains_on_older_frames_and_resumes_exactly(store_dir, t
         tiny(frame_lag=-1)
     with pytest.raises(ValueError, match="--frame-lag-p"):
         tiny(frame_lag=3, frame_lag_p=0.0)
+    with pytest.raises(ValueError, match="give --frame-lag N"):
+        tiny(frame_lag_p=0.5)
 
 
 def test_lora_preset_saves_merged_official_names(store_dir, tmp_path):

@@ -107,6 +107,9 @@ class TrainConfig:
             raise ValueError(f"--frame-lag must be 0 to 25 frames, got {self.frame_lag}")
         if not 0.0 < self.frame_lag_p <= 1.0:
             raise ValueError(f"--frame-lag-p must be in (0, 1], got {self.frame_lag_p}")
+        if self.frame_lag_p < 1.0 and self.frame_lag == 0:
+            raise ValueError("--frame-lag-p picks the samples --frame-lag applies to: give "
+                             "--frame-lag N as well")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"--ema must be in [0, 1) (0: off), got {self.ema_decay}")
         if not 0.5 <= self.crop_scale <= 1.0:
