@@ -20,9 +20,10 @@ integer `draw`, so the same pair always gives the same frames): the age a live c
 when the policy reads it varies, by a frame period or more on a loaded machine. With
 `frame_lag_p=P` below 1 only that fraction of the samples is lagged (a camera stall: the rest
 keep their latest frames), as a renderer or USB link that falls behind now and then leaves most
-steps with fresh frames and a few with frames up to a second old. Frames are resized at decode to `image_size` = (h, w)
-with PIL's bilinear filter (which widens its support when shrinking, so downscaling is
-antialiased); the aspect ratio is not kept.
+steps with fresh frames and a few with frames up to a second old.
+
+Frames are resized at decode to `image_size` = (h, w) with PIL's bilinear filter (which widens
+its support when shrinking, so downscaling is antialiased); the aspect ratio is not kept.
 
 Step arrays of every selected episode are read into memory at construction (small: 14 floats per
 column and step); videos are opened lazily per process through a bounded pool (xr0.data.readers),
