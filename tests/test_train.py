@@ -345,31 +345,40 @@ def test_crop_scale_one_keeps_every_view_in_place_and_the_policy_infers_uncroppe
     assert XR0Policy.from_checkpoint(tmp_path / "run").center_crop == 1.0
 
 
-def test_a_conv_stem_run_from_scratch_infers_and_a_checkpoint_base_refuses_a_new_stem(store_dir, tmp_path):
+@pytest.mark.parametrize("flags, changes", [
+    (["--vision-stem", "conv"], {"vision_stem": "conv"}),
+    (["--vision-keypoints", "8"], {"vision_keypoints": 8}),
+])
+def test_a_vision_change_from_scratch_infers_and_a_checkpoint_base_refuses_it(
+        store_dir, tmp_path, flags, changes):
     import argparse
 
     from app.cli.train import _config, register
+    from xr0.model.keypoints import SpatialKeypoints
     from xr0.model.stem import ConvPatchStem
     from xr0.policy import XR0Policy
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(["train", "--store", "s", "--out", "o", "--preset", "tiny-scratch",
-                              "--base", "xr0-tiny", "--vision-stem", "conv"])
+                              "--base", "xr0-tiny", *flags])
     cfg = _config(args)
-    assert cfg.model_changes == {"vision_stem": "conv"}
-    code, events = run(tiny(steps=2, val_every=2, checkpoint_every=2,
-                            model_changes={"vision_stem": "conv"}), store_dir, tmp_path / "run")
+    assert cfg.model_changes == changes
+    code, events = run(tiny(steps=2, val_every=2, checkpoint_every=2, model_changes=changes),
+                       store_dir, tmp_path / "run")
     assert code == EXIT_DONE, events[-1]
     ckpt = RunDir(tmp_path / "run").last_checkpoint()
     _, mcfg, _, _ = load_checkpoint(ckpt)
-    assert mcfg.vision_stem == "conv"
+    assert all(getattr(mcfg, k) == v for k, v in changes.items())
     policy = XR0Policy.from_checkpoint(tmp_path / "run")
-    assert isinstance(policy.model.vlm.model.visual.patch_embed, ConvPatchStem)
+    visual = policy.model.vlm.model.visual
+    assert isinstance(visual.patch_embed, ConvPatchStem) == ("vision_stem" in changes)
+    assert isinstance(getattr(visual, "keypoints", None), SpatialKeypoints) == (
+        "vision_keypoints" in changes)
     images = {c: np.zeros((96, 128, 3), np.uint8) for c in ("top", "left_wrist")}
     chunk = policy.infer(images, np.zeros(len(RIG_JOINT_NAMES)), "transfer the cube", seed=0)
     assert chunk.shape == (30, len(RIG_JOINT_NAMES)) and np.isfinite(chunk).all()
-    # a checkpoint holds its own model: asking for another stem is refused before training
+    # a checkpoint holds its own model: asking for another tower is refused before training
     code, events = run(tiny(base=str(ckpt), model_changes={"vision_stem": "patch"}), store_dir,
                        tmp_path / "again")
     assert code == EXIT_BAD_INPUT and "cannot change" in events[-1]["message"], events[-1]

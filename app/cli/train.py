@@ -59,6 +59,9 @@ def register(sub) -> None:
     p.add_argument("--vision-stem", choices=("patch", "conv"),
                    help="with --base xr0-tiny: the vision tower's patch embedding (patch, as "
                         "Qwen3-VL) or a strided convolutional stem on the same grid (conv)")
+    p.add_argument("--vision-keypoints", type=int, metavar="K",
+                   help="with --base xr0-tiny: K spatial-softmax keypoints per image added to "
+                        "its tokens, for locating objects precisely (default 0: none)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--keep-checkpoints", type=int,
                    help="how many of the newest checkpoints to keep (0: all; default 3)")
@@ -90,8 +93,13 @@ def _config(args):
             changes[field] = getattr(args, arg)
     if args.cameras:
         changes["cameras"] = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
+    model_changes = {}
     if args.vision_stem:
-        changes["model_changes"] = {"vision_stem": args.vision_stem}
+        model_changes["vision_stem"] = args.vision_stem
+    if args.vision_keypoints is not None:
+        model_changes["vision_keypoints"] = args.vision_keypoints
+    if model_changes:
+        changes["model_changes"] = model_changes
     if args.image_size:
         try:
             h, w = (int(v) for v in args.image_size.lower().split("x"))

@@ -13,6 +13,7 @@ from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from xr0.model.config import XR0Config
 from xr0.model.processor import BackboneInputs
+from xr0.model.keypoints import install_keypoints
 from xr0.model.stem import install_conv_stem
 
 
@@ -47,6 +48,8 @@ def build_vlm(cfg: XR0Config) -> Qwen3VLForConditionalGeneration:
     vlm = Qwen3VLForConditionalGeneration(vlm_config)
     if cfg.vision_stem == "conv":
         install_conv_stem(vlm.model.visual)
+    if cfg.vision_keypoints:
+        install_keypoints(vlm.model.visual, cfg.vision_keypoints)
     return vlm
 
 

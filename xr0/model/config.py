@@ -63,12 +63,18 @@ class XR0Config:
     # convolutional stem on the same patch grid, for small towers trained from scratch
     # (xr0/model/stem.py)
     vision_stem: Literal["patch", "conv"] = "patch"
+    # K > 0: K spatial-softmax keypoints per image, embedded and added to its merged tokens,
+    # for small towers trained from scratch (xr0/model/keypoints.py); 0 (the released
+    # checkpoints): none
+    vision_keypoints: int = 0
 
     def __post_init__(self) -> None:
         if self.attention_rule not in ("lambda", "causal"):
             raise ValueError(f"attention_rule must be 'lambda' or 'causal', got {self.attention_rule!r}")
         if self.vision_stem not in ("patch", "conv"):
             raise ValueError(f"vision_stem must be 'patch' or 'conv', got {self.vision_stem!r}")
+        if self.vision_keypoints < 0:
+            raise ValueError(f"vision_keypoints must be 0 (off) or more, got {self.vision_keypoints}")
         text = self.text_config
         if self.dit.num_hidden_layers > text["num_hidden_layers"]:
             raise ValueError(

@@ -23,6 +23,16 @@ import torch
 from torch import nn
 
 
+def patches_to_frames(patches: torch.Tensor, t: int, h: int, w: int, merge: int, channels: int,
+                      patch: int) -> torch.Tensor:
+    """(t*h*w, channels*patch*patch) patches of one image, in the processor's order (per frame,
+    (h / merge) x (w / merge) x merge x merge patches) -> (t, channels, h*patch, w*patch)."""
+    m, p = merge, patch
+    x = patches.view(t, h // m, w // m, m, m, channels, p, p)
+    x = x.permute(0, 5, 1, 3, 6, 2, 4, 7)            # t, C, h/m, m, p, w/m, m, p
+    return x.reshape(t, channels, h * p, w * p)
+
+
 class ConvPatchStem(nn.Module):
     """Patches of an image -> (N, hidden) patch embeddings through a strided conv stack.
 
@@ -52,10 +62,8 @@ class ConvPatchStem(nn.Module):
 
     def _images(self, patches: torch.Tensor, t: int, h: int, w: int) -> torch.Tensor:
         """(t*h*w, C*T*P*P) patches of one image -> (t, C*T, h*P, w*P) frames."""
-        m, p = self.merge, self.patch_size
-        x = patches.view(t, h // m, w // m, m, m, self.in_channels * self.temporal_patch_size, p, p)
-        x = x.permute(0, 5, 1, 3, 6, 2, 4, 7)            # t, CT, h/m, m, p, w/m, m, p
-        return x.reshape(t, -1, h * p, w * p)
+        return patches_to_frames(patches, t, h, w, self.merge,
+                                 self.in_channels * self.temporal_patch_size, self.patch_size)
 
     def _patches(self, feats: torch.Tensor, t: int, h: int, w: int) -> torch.Tensor:
         """(t, D, h, w) feature maps -> (t*h*w, D) in the processor's patch order."""
