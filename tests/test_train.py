@@ -14,7 +14,7 @@ from xr0.model import XR0Processor, load_checkpoint, load_tokenizer, preset
 from xr0.train.augment import augment, center_crop, random_crop
 from xr0.train.config import learning_rate, paper_image_size, train_preset
 from xr0.train.inputs import InputBuilder
-from xr0.train.rundir import RunDir, read_events
+from xr0.train.rundir import TRAINING_STATE, RunDir, read_events
 from xr0.train.trainer import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_DONE, Trainer
 
 CAMS = {"top": (128, 96, 25.0), "left_wrist": (128, 96, 25.0)}
@@ -134,6 +134,49 @@ def test_a_frame_lag_run_trains_on_older_frames_and_resumes_exactly(store_dir, t
         tiny(frame_lag=3, frame_lag_p=0.0)
     with pytest.raises(ValueError, match="give --frame-lag N"):
         tiny(frame_lag_p=0.5)
+
+
+def test_choice_policies_co_train_the_backbone_and_resume_exactly(store_dir, tmp_path):
+    """--choice-weight: the backbone's Choice Policies loss joins flow matching (its L1 is
+    reported and falls), the heads reach the backbone, stay out of the policy's checkpoint, and
+    a run cut short and resumed ends with the uninterrupted run's weights and heads."""
+    from xr0.policy import XR0Policy
+
+    cfg = tiny(steps=4, checkpoint_every=100, val_episodes=0, choice_weight=1.0)
+    code, events = run(cfg, store_dir, tmp_path / "a")
+    assert code == EXIT_DONE
+    steps = [e for e in events if e["event"] == "step"]
+    assert all("choice_l1" in e and e["choice_l1"] > 0 for e in steps)
+    assert run(cfg.replace(choice_weight=0.0), store_dir, tmp_path / "plain")[0] == EXIT_DONE
+
+    trainer = Trainer(cfg, store_dir, tmp_path / "b", episodes="1-4")
+    trainer.on_event = lambda e: setattr(trainer, "cancel_requested", e.get("step") == 2 or
+                                         trainer.cancel_requested)
+    assert trainer.run() == EXIT_CANCELLED
+    code, events = run(cfg, store_dir, tmp_path / "b", resume=True)
+    assert code == EXIT_DONE and events[0]["step"] == 2
+
+    a, b, plain = (load_file(str(RunDir(tmp_path / n).last_checkpoint() / "model.safetensors"))
+                   for n in ("a", "b", "plain"))
+    assert a.keys() == plain.keys()                      # the heads are not part of the policy
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    vision = [k for k in a if k.startswith("vlm.model.visual.")]
+    assert not all(torch.equal(a[k], plain[k]) for k in vision)   # it reached the backbone
+    heads_a, heads_b = (torch.load(RunDir(tmp_path / n).last_checkpoint() / TRAINING_STATE,
+                                   weights_only=False)["choice_heads"] for n in ("a", "b"))
+    assert heads_a.keys() == heads_b.keys() and all(torch.equal(heads_a[k], heads_b[k])
+                                                    for k in heads_a)
+    assert XR0Policy.from_checkpoint(tmp_path / "a") is not None
+
+    # a longer run: the backbone's own chunk regression improves
+    code, events = run(tiny(steps=30, checkpoint_every=100, val_episodes=0, choice_weight=1.0,
+                            lr=3e-3), store_dir, tmp_path / "long")
+    l1 = [e["choice_l1"] for e in events if e["event"] == "step"]
+    assert code == EXIT_DONE and np.mean(l1[-5:]) < 0.8 * np.mean(l1[:5]), l1
+    with pytest.raises(ValueError, match="--choice-weight"):
+        tiny(choice_weight=-1.0)
+    with pytest.raises(ValueError, match="freezes"):
+        train_preset("frozen-backbone", choice_weight=1.0)
 
 
 def test_lora_preset_saves_merged_official_names(store_dir, tmp_path):

@@ -174,3 +174,35 @@ def test_appended_tokens_follow_each_prompt(batch):
         top = b.inputs.position_ids[:, row, :n].max()
         assert inputs.position_ids[:, row, n:n + 3].tolist() == [[top + 1, top + 2, top + 3]] * 3
         assert inputs.attention_mask[row].sum() == n + 3
+
+
+def test_a_prefill_with_queries_keeps_the_prompts_cache_and_gives_their_hidden_states(batch):
+    """Choice Policies co-trained with flow matching share one backbone pass: the queries come
+    after each prompt, so the prompt's keys and values (and hence the action expert's output)
+    are those of a plain prefill, and the queries' hidden states those of the stage-1 path."""
+    from xr0.train.stages import ChoiceHeads, _vlm_hidden
+
+    b, _ = batch
+    model, cfg = tiny_model()
+    model.eval()
+    heads = ChoiceHeads(cfg.text_config["hidden_size"], 3, T, cfg.action_dim)
+    with torch.no_grad():
+        plain = model.prefill(b.inputs)
+        cache, hidden = model.prefill(b.inputs, heads.tokens)
+        stage1, slots = _vlm_hidden(model, b.inputs, heads.tokens)
+    assert hidden.shape == (B, 6, cfg.text_config["hidden_size"])
+    assert torch.allclose(hidden, stage1[slots].view(B, 6, -1), atol=1e-5)
+    S = plain.attention_mask.shape[1]
+    assert torch.equal(cache.max_position, plain.max_position)
+    for row in range(B):
+        keep = cache.attention_mask[row]
+        assert keep.sum() == plain.attention_mask[row].sum()        # the queries are masked out
+        for k_q, k_p in zip(cache.keys, plain.keys):
+            assert torch.allclose(k_q[row][:, keep], k_p[row][:, plain.attention_mask[row]],
+                                  atol=1e-5)
+    assert cache.attention_mask.shape[1] == S + 6
+    x_t = torch.randn(B, T, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = model.velocity(plain, x_t, torch.full((B,), 0.4), b.state)
+        q = model.velocity(cache, x_t, torch.full((B,), 0.4), b.state)
+    assert torch.allclose(a, q, atol=1e-5)

@@ -56,6 +56,10 @@ def register(sub) -> None:
     p.add_argument("--ema", type=float,
                    help="decay of an exponential moving average of the weights, which the "
                         "checkpoints and validation use (e.g. 0.999; default 0: off)")
+    p.add_argument("--choice-weight", type=float,
+                   help="weight of XR0's Choice Policies loss on the backbone, trained alongside "
+                        "flow matching (its action tokens regress the chunk from the frames "
+                        "alone; e.g. 1 for a backbone trained from scratch; default 0: off)")
     p.add_argument("--vision-stem", choices=("patch", "conv"),
                    help="with --base xr0-tiny: the vision tower's patch embedding (patch, as "
                         "Qwen3-VL) or a strided convolutional stem on the same grid (conv)")
@@ -87,7 +91,7 @@ def _config(args):
                        ("keep_checkpoints", "keep_checkpoints"), ("state_dropout", "state_dropout"),
                        ("state_noise", "state_noise"), ("crop_scale", "crop_scale"),
                        ("ema", "ema_decay"), ("frame_lag", "frame_lag"),
-                       ("frame_lag_p", "frame_lag_p"),
+                       ("frame_lag_p", "frame_lag_p"), ("choice_weight", "choice_weight"),
                        ("workers", "num_workers"), ("seed", "seed"), ("base", "base")):
         if getattr(args, arg) is not None:
             changes[field] = getattr(args, arg)

@@ -55,9 +55,12 @@ class XR0Model(nn.Module):
         self.vlm.model.language_model.embed_tokens.weight.requires_grad_(False)
 
     # -- backbone ---------------------------------------------------------------------------
-    def prefill(self, inputs: BackboneInputs) -> BackboneCache:
-        """Run the VLM once over the prompt; keep the KV cache of its last L_dit layers."""
-        return prefill(self.vlm, inputs.to(self.device), self.cfg.first_cached_layer)
+    def prefill(self, inputs: BackboneInputs, queries: torch.Tensor | None = None
+                ) -> BackboneCache | tuple[BackboneCache, torch.Tensor]:
+        """Run the VLM once over the prompt; keep the KV cache of its last L_dit layers. With
+        queries (K, H) appended to the prompt: (cache of the prompt, their hidden states
+        (B, K, H)) from the same pass."""
+        return prefill(self.vlm, inputs.to(self.device), self.cfg.first_cached_layer, queries)
 
     # -- action expert ----------------------------------------------------------------------
     def action_expert(self, cache: BackboneCache, x_t: torch.Tensor, t: torch.Tensor,

@@ -82,6 +82,13 @@ class TrainConfig:
     # decay of an exponential moving average of the trainable weights (xr0.train.ema), which the
     # checkpoints and validation then use; 0 turns it off
     ema_decay: float = 0.0
+    # weight of XR0's pre-training step 1, Choice Policies (xr0.train.stages.choice_loss), trained
+    # on the backbone alongside flow matching from the same backbone pass: the backbone's own
+    # action tokens regress the chunk from the frames and the instruction alone (winner takes
+    # all over choice_candidates), a direct signal for what the frames show, which flow matching
+    # through the action expert passes only weakly to a backbone trained from scratch; 0: off
+    choice_weight: float = 0.0
+    choice_candidates: int = 8
     num_workers: int = 2
     seed: int = 0
     # model changes applied when `base` is a preset name (training from scratch)
@@ -112,6 +119,13 @@ class TrainConfig:
                              "--frame-lag N as well")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"--ema must be in [0, 1) (0: off), got {self.ema_decay}")
+        if self.choice_weight < 0:
+            raise ValueError(f"--choice-weight must be 0 (off) or more, got {self.choice_weight}")
+        if self.choice_candidates < 1:
+            raise ValueError(f"choice_candidates must be at least 1, got {self.choice_candidates}")
+        if self.choice_weight > 0 and self.trainable == "dit":
+            raise ValueError("--choice-weight trains the backbone, which this preset freezes: use "
+                             "it with --preset full, lora or tiny-scratch")
         if not 0.5 <= self.crop_scale <= 1.0:
             raise ValueError(f"--crop-scale must be in [0.5, 1], got {self.crop_scale}")
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from xr0.model.backbone import append_tokens, embedded_queries
 from xr0.model.processor import BackboneInputs, XR0Processor, mrope_position_ids
 from xr0.model.xr0 import XR0Model
 
@@ -115,47 +116,14 @@ def _vlm_hidden(model: XR0Model, inputs: BackboneInputs, queries: torch.Tensor |
     tokens appended after each row's last real token. -> (hidden, query mask (B, S') or None)."""
     inputs = inputs.to(model.device)
     qmask = None
-    hook = None
     if queries is not None:
         inputs, qmask = append_tokens(inputs, queries.shape[0])
-        B = inputs.batch_size
-        embed = model.vlm.model.language_model.embed_tokens
-
-        def put_queries(module, args, out):
-            out = out.clone()
-            out[qmask] = queries.to(out.dtype).repeat(B, 1)
-            return out
-
-        hook = embed.register_forward_hook(put_queries)
-    try:
+    with embedded_queries(model.vlm, qmask, queries):
         out = model.vlm.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
                               position_ids=inputs.position_ids,
                               pixel_values=inputs.pixel_values.to(model.dtype),
                               image_grid_thw=inputs.image_grid_thw, use_cache=False)
-    finally:
-        if hook is not None:
-            hook.remove()
     return out.last_hidden_state, qmask
-
-
-def append_tokens(inputs: BackboneInputs, k: int) -> tuple[BackboneInputs, torch.Tensor]:
-    """Room for k tokens right after each row's prompt (before its padding), at text positions
-    P+1 .. P+k on all three MRoPE axes. -> (inputs, (B, S + k) bool mask of the new slots)."""
-    B, S = inputs.input_ids.shape
-    lengths = inputs.attention_mask.sum(-1)
-    ids = inputs.input_ids.new_zeros((B, S + k))  # the new slots' embeddings are replaced
-    mask = inputs.attention_mask.new_zeros((B, S + k))
-    pos = inputs.position_ids.new_zeros((3, B, S + k))
-    slots = torch.zeros((B, S + k), dtype=torch.bool, device=ids.device)
-    for b in range(B):
-        n = int(lengths[b])
-        ids[b, :n] = inputs.input_ids[b, :n]
-        mask[b, :n + k] = 1
-        pos[:, b, :n] = inputs.position_ids[:, b, :n]
-        top = inputs.position_ids[:, b, :n].max() if n else -1
-        pos[:, b, n:n + k] = top + 1 + torch.arange(k, device=ids.device)
-        slots[b, n:n + k] = True
-    return BackboneInputs(ids, mask, inputs.pixel_values, inputs.image_grid_thw, pos), slots
 
 
 def next_token_loss(model: XR0Model, vl: VLBatch) -> torch.Tensor:
@@ -186,6 +154,27 @@ class ChoiceHeads(nn.Module):
         B, N = hidden.shape[0], self.num_candidates
         candidates = self.action_head(hidden[:, :N]).view(B, N, self.chunk_length, self.action_dim)
         return candidates, self.score_head(hidden[:, N:]).squeeze(-1)
+
+
+def choice_loss(heads: ChoiceHeads, hidden: torch.Tensor, actions: torch.Tensor,
+                action_mask: torch.Tensor, score_weight: float = 0.1) -> dict[str, torch.Tensor]:
+    """Choice Policies' loss from the hidden states (B, 2N, H) at the heads' tokens against the
+    normalised chunks (B, T, D): winner takes all (only the candidate with the lowest masked L1
+    error gets the regression gradient) plus score_weight x the cross-entropy that ranks the
+    winner first. -> {"loss", "l1", "score", "score_accuracy"}."""
+    candidates, scores = heads(hidden)
+    actions, mask = actions.float(), action_mask.float()
+    if actions.shape[1:] != candidates.shape[2:]:
+        raise ValueError(f"actions {tuple(actions.shape)} do not fit the heads' chunks "
+                         f"({heads.chunk_length}, {heads.action_dim}); build the heads with "
+                         "chunk_length= the batch's T")
+    err = ((candidates.float() - actions[:, None]).abs() * mask[:, None]).sum((2, 3)) \
+        / mask.expand_as(actions).sum((1, 2)).clamp_min(1.0)[:, None]      # (B, N)
+    winner = err.detach().argmin(dim=1)
+    l1 = err.gather(1, winner[:, None]).mean()
+    score = F.cross_entropy(scores.float(), winner)
+    return {"loss": l1 + score_weight * score, "l1": l1, "score": score,
+            "score_accuracy": (scores.detach().argmax(1) == winner).float().mean()}
 
 
 class ChoicePoliciesStage:
@@ -230,21 +219,11 @@ class ChoicePoliciesStage:
         if batch.inputs is not None:
             hidden, slots = _vlm_hidden(model, batch.inputs, self.heads.tokens)
             B = hidden.shape[0]
-            candidates, scores = self.heads(hidden[slots].view(B, -1, hidden.shape[-1]))
-            actions = batch.actions.to(model.device).float()
-            mask = batch.action_mask.to(model.device).float()
-            if actions.shape[1:] != candidates.shape[2:]:
-                raise ValueError(f"actions {tuple(actions.shape)} do not fit the heads' chunks "
-                                 f"({self.heads.chunk_length}, {self.heads.action_dim}); build the "
-                                 "stage with chunk_length= the batch's T")
-            err = ((candidates.float() - actions[:, None]).abs() * mask[:, None]).sum((2, 3)) \
-                / mask.sum((1, 2)).clamp_min(1.0)[:, None]                 # (B, N)
-            winner = err.detach().argmin(dim=1)
-            l1 = err.gather(1, winner[:, None]).mean()
-            score = F.cross_entropy(scores.float(), winner)
-            parts.update(l1=l1, score=score,
-                         score_accuracy=(scores.detach().argmax(1) == winner).float().mean())
-            total = total + l1 + self.score_weight * score
+            choice = choice_loss(self.heads, hidden[slots].view(B, -1, hidden.shape[-1]),
+                                 batch.actions.to(model.device), batch.action_mask.to(model.device),
+                                 self.score_weight)
+            total = total + choice.pop("loss")
+            parts.update(choice)
         if batch.vl is not None:
             ntp = next_token_loss(model, batch.vl)
             parts["ntp"] = ntp
@@ -344,5 +323,5 @@ class AsyncPostTrainingStage:
 STAGES = {"choice": ChoicePoliciesStage, "flow": FlowMatchingStage, "async": AsyncPostTrainingStage}
 
 __all__ = ["AsyncPostTrainingStage", "ChoiceHeads", "ChoicePoliciesStage", "FlowMatchingStage",
-           "STAGES", "StageBatch", "VLBatch", "append_tokens", "next_token_loss", "sample_weights",
-           "vl_batch"]
+           "STAGES", "StageBatch", "VLBatch", "append_tokens", "choice_loss", "next_token_loss",
+           "sample_weights", "vl_batch"]

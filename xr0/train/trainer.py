@@ -26,7 +26,7 @@ The checkpoint's stats.json (read by the policy) holds exactly:
      "chunk":       H, the action chunk length}
 
 Events (each also appended to RUN_DIR/events.jsonl): start, step (step, loss, mse, freq, lr,
-grad_norm, samples_per_s, eta_s), val (val_loss, action_error, action_error_per_joint),
+grad_norm, samples_per_s, eta_s; choice_l1 with --choice-weight), val (val_loss, action_error, action_error_per_joint),
 checkpoint (step, path), done (status done|cancelled, step, checkpoint), error (message).
 """
 
@@ -59,21 +59,32 @@ from xr0.train.model_setup import (TrainError, StateView, apply_trainable, merge
                                    optimizer_groups, view_labels_for)
 from xr0.train.rundir import TRAINING_STATE, RunDir
 from xr0.train.selection import StepBatches, parse_selection, seed_of
+from xr0.train.stages import ChoiceHeads, choice_loss
 from xr0.policy import format_instruction
 
 EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
 
 
 class _FlowLoss(nn.Module):
-    """The training objective as a module, so that DDP/FSDP see one forward per micro-batch."""
+    """The training objective as a module, so that DDP/FSDP see one forward per micro-batch:
+    flow matching, plus choice_weight x Choice Policies on the backbone when it is on (its heads
+    live here: they train with the run and are not part of the policy)."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig):
+    def __init__(self, model: nn.Module, cfg: TrainConfig, chunk: int):
         super().__init__()
         self.model, self.cfg = model, cfg
+        self.heads = None
+        if cfg.choice_weight > 0:
+            mcfg = model.cfg
+            self.heads = ChoiceHeads(mcfg.text_config["hidden_size"], cfg.choice_candidates, chunk,
+                                     mcfg.action_dim).to(model.device)
 
     def forward(self, inputs, state, actions, action_mask, generator):
         model, cfg = self.model, self.cfg
-        cache = model.prefill(inputs)
+        if self.heads is None:
+            cache = model.prefill(inputs)
+        else:
+            cache, hidden = model.prefill(inputs, self.heads.tokens)
         weights = None
         if cfg.sample_weighting:
             with torch.no_grad():
@@ -83,9 +94,23 @@ class _FlowLoss(nn.Module):
                 err = ((guess.float() - actions.float()) ** 2 * m).flatten(1).sum(-1) / \
                     m.flatten(1).sum(-1).clamp_min(1.0)
                 weights = (err / err.mean().clamp_min(1e-12)).clamp(0.5, 5.0)
-        return model.flow_loss(cache, state, actions, action_mask, k_draws=cfg.k_draws,
-                               prefix_prob=cfg.prefix_prob, hide_prefix_prob=cfg.hide_prefix_prob,
-                               sample_weights=weights, generator=generator)
+        parts = model.flow_loss(cache, state, actions, action_mask, k_draws=cfg.k_draws,
+                                prefix_prob=cfg.prefix_prob, hide_prefix_prob=cfg.hide_prefix_prob,
+                                sample_weights=weights, generator=generator)
+        if self.heads is not None:
+            choice = choice_loss(self.heads, hidden, actions, action_mask)
+            parts["loss"] = parts["loss"] + cfg.choice_weight * choice["loss"]
+            parts["choice_l1"] = choice["l1"]
+        return parts
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """The model's groups, the choice heads' parameters after them (their matrices decayed,
+        their tokens and biases not)."""
+        groups = optimizer_groups(self.model, weight_decay)
+        if self.heads is not None:
+            for name, p in self.heads.named_parameters():
+                groups[0 if name.endswith("head.weight") else 1]["params"].append(p)
+        return groups
 
 
 def _ignore_cancel_signals(_worker_id: int) -> None:
@@ -225,10 +250,11 @@ class Trainer:
         self.model = apply_trainable(model, cfg)
         if cfg.gradient_checkpointing and self.info.device.type == "cuda":
             self.model.vlm.model.visual.gradient_checkpointing_enable()
-        self.loss_module = distributed.wrap(_FlowLoss(self.model, cfg), self.info, self.strategy)
+        self.objective = _FlowLoss(self.model, cfg, chunk)
+        groups = self.objective.optimizer_groups(cfg.weight_decay)
+        self.loss_module = distributed.wrap(self.objective, self.info, self.strategy)
         fused = self.info.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(optimizer_groups(self.model, cfg.weight_decay),
-                                           lr=cfg.lr, betas=cfg.betas, fused=fused or None)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: learning_rate(cfg, s) / cfg.lr)
         self.ema = None
@@ -278,6 +304,8 @@ class Trainer:
         """One optimiser step over this process's micro-batches of the current step."""
         cfg, accum = self.cfg, len(micro_batches)
         parts = {"loss": 0.0, "mse": 0.0, "freq": 0.0}
+        if self.objective.heads is not None:
+            parts["choice_l1"] = 0.0
         for a, batch in enumerate(micro_batches):
             g = self.info.rank * accum + a
             gen = torch.Generator().manual_seed(seed_of(cfg.seed, self.step, g))
@@ -289,7 +317,7 @@ class Trainer:
                 (out["loss"] / accum).backward()
             for k in parts:
                 parts[k] += float(out[k].detach()) / accum
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.loss_module.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -449,6 +477,9 @@ class Trainer:
             "raw": ({k: v.detach().cpu().clone() for k, v in self.model.named_parameters()
                      if v.requires_grad} if self.ema is not None else None),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "choice_heads": ({k: v.detach().cpu() for k, v in
+                              self.objective.heads.state_dict().items()}
+                             if self.objective.heads is not None else None),
         }
         path = None
         if self.info.is_main:
@@ -486,6 +517,11 @@ class Trainer:
             if training.get("ema") is None:
                 raise TrainError(f"{ckpt} holds no moving average to resume --ema from")
             self.ema.load_state_dict(training["ema"])
+        if self.objective.heads is not None:
+            if training.get("choice_heads") is None:
+                raise TrainError(f"{ckpt} holds no Choice Policies heads to resume "
+                                 "--choice-weight from: resume with the run's own settings")
+            self.objective.heads.load_state_dict(training["choice_heads"])
         self.optimizer.load_state_dict(training["optimizer"])
         self.scheduler.load_state_dict(training["scheduler"])
         self.step = int(training["step"])
