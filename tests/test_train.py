@@ -214,6 +214,8 @@ def test_bad_input_is_refused_before_the_run(store_dir, tmp_path):
     RunDir(tmp_path / "taken").write({"run_id": 99})
     assert "already holds a run" in message(tiny(), tmp_path / "taken")
     assert json.loads((tmp_path / "taken" / "run.json").read_text()) == {"run_id": 99}
+    with pytest.raises(ValueError, match="--chunk"):
+        tiny(chunk=1)
 
 
 def test_batched_inputs_equal_the_processor():
@@ -407,6 +409,8 @@ def test_a_vision_change_from_scratch_infers_and_a_checkpoint_base_refuses_it(
                               "--base", "xr0-tiny", *flags])
     cfg = _config(args)
     assert cfg.model_changes == changes
+    assert _config(parser.parse_args(["train", "--store", "s", "--out", "o", "--chunk", "100"])
+                   ).chunk == 100
     code, events = run(tiny(steps=2, val_every=2, checkpoint_every=2, model_changes=changes),
                        store_dir, tmp_path / "run")
     assert code == EXIT_DONE, events[-1]

@@ -34,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--val-episodes", type=int, help="episodes held out for validation")
     p.add_argument("--cameras", help="comma-separated store cameras, in view order")
     p.add_argument("--image-size", help="HxW every view is resized to, multiples of 32 (e.g. 96x128)")
+    p.add_argument("--chunk", type=int,
+                   help="action chunk length H the policy predicts (default: the preset's, 30 "
+                        "for tiny-scratch; at 50 Hz, 100 covers 2 s)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--warmup", type=int, help="warm-up steps")
     p.add_argument("--state-dropout", type=float,
@@ -92,6 +95,7 @@ def _config(args):
                        ("state_noise", "state_noise"), ("crop_scale", "crop_scale"),
                        ("ema", "ema_decay"), ("frame_lag", "frame_lag"),
                        ("frame_lag_p", "frame_lag_p"), ("choice_weight", "choice_weight"),
+                       ("chunk", "chunk"),
                        ("workers", "num_workers"), ("seed", "seed"), ("base", "base")):
         if getattr(args, arg) is not None:
             changes[field] = getattr(args, arg)

@@ -104,6 +104,8 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got "
                                  f"{getattr(self, name)}")
+        if self.chunk is not None and self.chunk < 2:
+            raise ValueError(f"--chunk must be at least 2 actions, got {self.chunk}")
         if self.val_episodes < 0:
             raise ValueError(f"--val-episodes must be 0 or more, got {self.val_episodes}")
         if not 0.0 <= self.state_dropout < 1.0:
