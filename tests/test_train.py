@@ -47,6 +47,18 @@ def run(cfg, store_dir, out, episodes="1-4", **kw):
     return code, events
 
 
+def cancel_at_step_2_and_resume(cfg, store_dir, out) -> list[dict]:
+    """A run cancelled once step 2 is done, then resumed to its end; the resumed run's events."""
+    trainer = Trainer(cfg, store_dir, out, episodes="1-4")
+    trainer.on_event = lambda e: setattr(trainer, "cancel_requested", e.get("step") == 2 or
+                                         trainer.cancel_requested)
+    assert trainer.run() == EXIT_CANCELLED
+    assert RunDir(out).last_checkpoint().name == "step-0000002"
+    code, events = run(cfg, store_dir, out, resume=True)
+    assert code == EXIT_DONE and events[0]["step"] == 2
+    return events
+
+
 def test_loss_decreases_and_checkpoint_reads_back(store_dir, tmp_path):
     cfg = tiny(steps=40, val_every=40, checkpoint_every=20, lr=3e-3, k_draws=4, micro_batch=4)
     code, events = run(cfg, store_dir, tmp_path / "run")
@@ -89,13 +101,7 @@ def test_resume_after_cancel_equals_uninterrupted_run(store_dir, tmp_path):
     cfg = tiny(steps=4, checkpoint_every=100, val_episodes=0)
     assert run(cfg, store_dir, tmp_path / "a")[0] == EXIT_DONE
 
-    trainer = Trainer(cfg, store_dir, tmp_path / "b", episodes="1-4")
-    trainer.on_event = lambda e: setattr(trainer, "cancel_requested", e.get("step") == 2 or
-                                         trainer.cancel_requested)
-    assert trainer.run() == EXIT_CANCELLED
-    assert RunDir(tmp_path / "b").last_checkpoint().name == "step-0000002"
-    code, events = run(cfg, store_dir, tmp_path / "b", resume=True)
-    assert code == EXIT_DONE and events[0]["step"] == 2
+    events = cancel_at_step_2_and_resume(cfg, store_dir, tmp_path / "b")
     assert [e["step"] for e in events if e["event"] == "step"] == [3, 4]
 
     a = load_file(str(RunDir(tmp_path / "a").last_checkpoint() / "model.safetensors"))
@@ -117,12 +123,7 @@ def test_a_frame_lag_run_trains_on_older_frames_and_resumes_exactly(store_dir, t
     assert run(cfg, store_dir, tmp_path / "a")[0] == EXIT_DONE
     assert run(cfg.replace(frame_lag=0), store_dir, tmp_path / "plain")[0] == EXIT_DONE
 
-    trainer = Trainer(cfg, store_dir, tmp_path / "b", episodes="1-4")
-    trainer.on_event = lambda e: setattr(trainer, "cancel_requested", e.get("step") == 2 or
-                                         trainer.cancel_requested)
-    assert trainer.run() == EXIT_CANCELLED
-    code, events = run(cfg, store_dir, tmp_path / "b", resume=True)
-    assert code == EXIT_DONE and events[0]["step"] == 2
+    cancel_at_step_2_and_resume(cfg, store_dir, tmp_path / "b")
 
     a, b, plain = (load_file(str(RunDir(tmp_path / n).last_checkpoint() / "model.safetensors"))
                    for n in ("a", "b", "plain"))
@@ -149,12 +150,7 @@ def test_choice_policies_co_train_the_backbone_and_resume_exactly(store_dir, tmp
     assert all("choice_l1" in e and e["choice_l1"] > 0 for e in steps)
     assert run(cfg.replace(choice_weight=0.0), store_dir, tmp_path / "plain")[0] == EXIT_DONE
 
-    trainer = Trainer(cfg, store_dir, tmp_path / "b", episodes="1-4")
-    trainer.on_event = lambda e: setattr(trainer, "cancel_requested", e.get("step") == 2 or
-                                         trainer.cancel_requested)
-    assert trainer.run() == EXIT_CANCELLED
-    code, events = run(cfg, store_dir, tmp_path / "b", resume=True)
-    assert code == EXIT_DONE and events[0]["step"] == 2
+    cancel_at_step_2_and_resume(cfg, store_dir, tmp_path / "b")
 
     a, b, plain = (load_file(str(RunDir(tmp_path / n).last_checkpoint() / "model.safetensors"))
                    for n in ("a", "b", "plain"))
@@ -499,11 +495,7 @@ def test_an_ema_run_checkpoints_the_average_and_resumes_exactly(store_dir, tmp_p
     plain_val = [e["val_loss"] for e in plain_events if e["event"] == "val"]
     assert val and val != plain_val
 
-    trainer = Trainer(cfg, store_dir, tmp_path / "b", episodes="1-4")
-    trainer.on_event = lambda e: setattr(trainer, "cancel_requested", e.get("step") == 2 or
-                                         trainer.cancel_requested)
-    assert trainer.run() == EXIT_CANCELLED
-    assert run(cfg, store_dir, tmp_path / "b", resume=True)[0] == EXIT_DONE
+    cancel_at_step_2_and_resume(cfg, store_dir, tmp_path / "b")
     b = load_file(str(RunDir(tmp_path / "b").last_checkpoint() / "model.safetensors"))
     assert all(torch.equal(saved[k], b[k]) for k in saved)    # average and weights resumed
     with pytest.raises(ValueError, match="--ema"):

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from xr0.model import load_checkpoint, save_checkpoint
 from xr0.model.config import XR0Config, preset
 from xr0.model.keypoints import SpatialKeypoints
 from xr0.model.processor import XR0Processor
 from xr0.model.tokenizer import load_tokenizer
 from xr0.model.xr0 import XR0Model
+
+from test_xr0_stem import assert_trains_and_round_trips  # tests/ is on pytest's path
 
 torch.set_num_threads(2)
 H, W = 64, 96
@@ -140,25 +141,9 @@ def test_images_of_different_sizes_in_one_call_match_each_alone():
 
 
 def test_a_keypoint_model_trains_and_round_trips_through_a_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    cfg = kp_cfg(k=8)
-    model = XR0Model.from_config(cfg)
-    rng = np.random.default_rng(1)
-    images = [[rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for _ in cfg.view_labels]]
-    inputs = XR0Processor(load_tokenizer(), cfg)(images, ["transfer the cube"])
-    state = torch.zeros(1, 1, cfg.state_dim)
-    actions = torch.randn(1, cfg.action_length, cfg.action_dim)
-    mask = torch.ones(1, 1, cfg.action_dim)
-    model.flow_loss(inputs, state, actions, mask)["loss"].backward()
-    kp = model.vlm.model.visual.keypoints
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in kp.parameters())
-
-    save_checkpoint(model, cfg, tmp_path / "ckpt")
-    loaded, lcfg, _, _ = load_checkpoint(tmp_path / "ckpt")
+    lcfg = assert_trains_and_round_trips(kp_cfg(k=8), lambda m: m.vlm.model.visual.keypoints,
+                                         tmp_path)
     assert lcfg.vision_keypoints == 8
-    with torch.no_grad():
-        a, b = model.eval().prefill(inputs), loaded.eval().prefill(inputs)
-    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a.keys, b.keys))
 
 
 def test_configs_without_keypoints_read_as_none():

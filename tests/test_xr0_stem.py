@@ -87,26 +87,33 @@ def test_the_stem_is_translation_equivariant_on_the_patch_grid():
     assert not torch.allclose(a[:, 1:4], b[:, 1:4], atol=1e-3)
 
 
-def test_a_conv_stem_model_trains_and_round_trips_through_a_checkpoint(tmp_path):
+def assert_trains_and_round_trips(cfg, part_of, tmp_path):
+    """A model of `cfg` trains (every parameter of the part `part_of(model)` gets a gradient)
+    and a checkpoint of it loads back to the same prefill; returns the loaded config."""
     torch.manual_seed(0)
-    cfg = conv_cfg()
     model = XR0Model.from_config(cfg)
     rng = np.random.default_rng(1)
-    images = [[rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for _ in cfg.view_labels]]
+    h, w = cfg.image_size
+    images = [[rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in cfg.view_labels]]
     inputs = XR0Processor(load_tokenizer(), cfg)(images, ["transfer the cube"])
     state = torch.zeros(1, 1, cfg.state_dim)
     actions = torch.randn(1, cfg.action_length, cfg.action_dim)
     mask = torch.ones(1, 1, cfg.action_dim)
     model.flow_loss(inputs, state, actions, mask)["loss"].backward()
-    stem = model.vlm.model.visual.patch_embed
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in stem.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part_of(model).parameters())
 
     save_checkpoint(model, cfg, tmp_path / "ckpt")
     loaded, lcfg, _, _ = load_checkpoint(tmp_path / "ckpt")
-    assert lcfg.vision_stem == "conv"
     with torch.no_grad():
         a, b = model.eval().prefill(inputs), loaded.eval().prefill(inputs)
     assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a.keys, b.keys))
+    return lcfg
+
+
+def test_a_conv_stem_model_trains_and_round_trips_through_a_checkpoint(tmp_path):
+    lcfg = assert_trains_and_round_trips(conv_cfg(), lambda m: m.vlm.model.visual.patch_embed,
+                                         tmp_path)
+    assert lcfg.vision_stem == "conv"
 
 
 def test_configs_without_a_stem_read_as_the_patch_embedding():
