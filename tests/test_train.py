@@ -405,8 +405,6 @@ def test_a_vision_change_from_scratch_infers_and_a_checkpoint_base_refuses_it(
                               "--base", "xr0-tiny", *flags])
     cfg = _config(args)
     assert cfg.model_changes == changes
-    assert _config(parser.parse_args(["train", "--store", "s", "--out", "o", "--chunk", "100"])
-                   ).chunk == 100
     code, events = run(tiny(steps=2, val_every=2, checkpoint_every=2, model_changes=changes),
                        store_dir, tmp_path / "run")
     assert code == EXIT_DONE, events[-1]
@@ -425,6 +423,34 @@ def test_a_vision_change_from_scratch_infers_and_a_checkpoint_base_refuses_it(
     code, events = run(tiny(base=str(ckpt), model_changes={"vision_stem": "patch"}), store_dir,
                        tmp_path / "again")
     assert code == EXIT_BAD_INPUT and "cannot change" in events[-1]["message"], events[-1]
+
+
+def test_a_chunk_length_is_kept_by_the_checkpoint_and_a_continued_run(store_dir, tmp_path):
+    import argparse
+
+    from app.cli.train import _config, register
+    from xr0.policy import XR0Policy
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--store", "s", "--out", "o", "--chunk", "12"])
+    assert _config(args).chunk == 12
+    code, events = run(tiny(steps=2, val_every=2, checkpoint_every=2, chunk=12), store_dir,
+                       tmp_path / "run")
+    assert code == EXIT_DONE, events[-1]
+    ckpt = RunDir(tmp_path / "run").last_checkpoint()
+    assert load_checkpoint(ckpt)[1].action_length == 12
+    policy = XR0Policy.from_checkpoint(tmp_path / "run")
+    images = {c: np.zeros((96, 128, 3), np.uint8) for c in ("top", "left_wrist")}
+    chunk = policy.infer(images, np.zeros(len(RIG_JOINT_NAMES)), "transfer the cube", seed=0)
+    assert chunk.shape == (12, len(RIG_JOINT_NAMES))
+    # continued without --chunk: the base's horizon, not the preset's 30
+    code, events = run(tiny(steps=2, val_every=2, checkpoint_every=2, chunk=None,
+                            base=str(ckpt)), store_dir, tmp_path / "more")
+    assert code == EXIT_DONE, events[-1]
+    more = RunDir(tmp_path / "more").last_checkpoint()
+    assert load_checkpoint(more)[1].action_length == 12
+    assert json.loads((more / "stats.json").read_text())["chunk"] == 12
 
 
 def test_the_policy_check_scripts_run_on_a_trained_run(store_dir, tmp_path):

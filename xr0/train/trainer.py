@@ -224,7 +224,9 @@ class Trainer:
         labels = view_labels_for(cams, mcfg, from_scratch=cfg.base in MODEL_PRESETS)
         size = cfg.image_size or mcfg.image_size or _paper_size(cam_spec)
         chunk = cfg.chunk or mcfg.action_length
-        mcfg = mcfg.replace(view_labels=labels, image_size=tuple(size))
+        # the checkpoints record the horizon they were trained on: a run continued from one
+        # without --chunk keeps it
+        mcfg = mcfg.replace(view_labels=labels, image_size=tuple(size), action_length=chunk)
         model.cfg = mcfg
         self.layout, self.cameras, self.chunk, self.image_size = layout, cams, chunk, tuple(size)
         self.model_cfg, self.tokenizer = mcfg, tokenizer
