@@ -350,7 +350,7 @@ def _bench(folder: Path, quick: bool) -> Iterator[Figure]:
     sps = [e["samples_per_s"] for e in step_events[-50:]]
     yield Figure("train", "tiny-scratch training throughput", sum(sps) / len(sps),
                  "samples/s", goal="trains the sim task in minutes to an hour on a CPU",
-                 anchor=f"xr0-tiny, top camera at 192x256, chunk 100, batch 16, k_draws 4, {TRAIN_THREADS} "
+                 anchor=f"xr0-tiny, {' '.join(VIEW)}, batch 16, k_draws 4, {TRAIN_THREADS} "
                         "thread(s); mean of the last 50 step events", detail=detail)
     yield Figure("train", "tiny-scratch peak RSS", rss, "MiB",
                  anchor="the training processes' own peak resident memory (largest stage)")
