@@ -34,17 +34,37 @@ def wait_for(cond, timeout: float, what: str) -> None:
 
 
 class Commands:
-    """Every command the control loop sent (None while the followers held), as a listener."""
+    """Every command the control loop sent (None while the followers held), as a listener,
+    with the followers' measured pose at that step."""
 
     def __init__(self, session):
         self.rows: list[np.ndarray | None] = []
+        self.present: list[np.ndarray] = []
         session.add_listener(self)
 
     def __call__(self, rec) -> None:
+        self.present.append(rec.state.follower.copy())
         self.rows.append(None if rec.command is None else rec.command.copy())
 
     def sent(self) -> np.ndarray:
         return np.array([c for c in list(self.rows) if c is not None])
+
+    def assert_no_jump(self, limit: np.ndarray) -> None:
+        """Each command moved each joint at most one step's limit from the command before it,
+        or, where a new controller took over (teleop after the policy, or after a hold), from
+        where that joint measurably was. A gripper closed on the cube sits well short of its
+        closed command, and a controller taking over starts from the measured pose; what is
+        never allowed is a command that leads the arm more than one step away from both."""
+        rows, present = list(self.rows), list(self.present)
+        last = None
+        for cmd, here in zip(rows, present):
+            if cmd is None:
+                continue
+            if last is not None:
+                ok = (np.abs(cmd - last) <= limit + 1e-9) | (np.abs(cmd - here) <= limit + 1e-9)
+                assert ok.all(), (f"a jump: {np.round(last, 3)} -> {np.round(cmd, 3)} with the "
+                                  f"followers at {np.round(here, 3)}, limit {limit}")
+            last = cmd
 
 
 def actions_after(run, n: int) -> int:
@@ -156,9 +176,8 @@ def test_takeover_records_a_correction_and_release_resumes_without_a_jump(sessio
     run.stop()
     assert [load_run(p).meta["ended"] for p in run.saved] == ["takeover", "stopped"]
     limit = SafetyFilter(*session.rig.limits(), session.config.safety).max_step
-    sent = cmds.sent()
-    step = np.abs(np.diff(sent, axis=0))
-    assert (step <= limit + 1e-9).all(), f"largest step {step.max(axis=0)} > {limit}"
+    assert len(cmds.sent()) > 50
+    cmds.assert_no_jump(limit)
     states = [e["state"] for e in run.events if e["event"] == "state"]
     assert states == ["warming", "running", "takeover", "running", "stopped"]
 
