@@ -8,16 +8,17 @@ is). `SpatialKeypoints` (XR0Config vision_keypoints=K) gives each image K learne
 robot-learning encoders do: a small strided conv net over the full-resolution frame, a softmax
 over the positions of each of its K feature maps, and the expected (x, y) under each, a
 coordinate in [-1, 1] with sub-pixel resolution. Each map is standardised over its positions
-before the softmax, and each keypoint learns its own temperature: the softmax's sharpness then
-depends on how much a position stands out from the rest of its map, not on the scale the conv
-weights happen to reach. Without it, trained end to end through the flow-matching loss, the
-maps stayed almost flat (the keypoints that followed the cube put under 0.1% of their mass on
-any one cell), a cube's move shifted them by a fraction of a cell, and a linear probe from
-them to where the cube lies missed by 2.0 / 1.7 cm (x / y) after 6000 steps; standardised, it
-missed by 1.5 / 0.9 cm after 1000 (README, "Fine-tuning proof"). An MLP embeds the 2K coordinates and the
-embedding is added to every merged image token of that image, so the LLM and, through its KV
-cache, the action expert see where things are without any change to the token layout. The
-official checkpoints have no keypoints (vision_keypoints=0).
+before the softmax, and each keypoint learns its own temperature, so how much a position pulls
+its keypoint depends on how far it stands out from the rest of its map, not on the scale the
+conv weights happen to reach. Trained end to end through the flow-matching loss on the sim's
+transfer-cube demonstrations, the unstandardised maps stayed almost flat (the keypoints that
+followed the cube put under 0.5% of their mass on any one cell) and a linear probe from the
+keypoints to where the cube lies missed by 2.4 / 2.0 cm (x / y) after 1000 steps and 2.0 / 1.7
+after 6000; standardised, by 1.5 / 0.9 after 1000 (README, "Fine-tuning proof").
+
+An MLP embeds the 2K coordinates and the embedding is added to every merged image token of that
+image, so the LLM and, through its KV cache, the action expert see where things are without any
+change to the token layout. The official checkpoints have no keypoints (vision_keypoints=0).
 
 The tower's output does not carry the image grid, so `install_keypoints` registers a forward
 hook on the tower that reads `grid_thw` and the flattened patches from its inputs and adds the
