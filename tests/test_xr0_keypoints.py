@@ -6,6 +6,7 @@ checkpoint and the training command."""
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def scene(row: int, col: int, size: int = 6) -> np.ndarray:
 
 def red_detector(kp: SpatialKeypoints) -> None:
     """Set the feature net by hand so that every keypoint's map is 'red minus green' at each
-    position (through the two strided convolutions' centre taps)."""
+    position (through the two strided convolutions' centre taps), sharply peaked."""
     with torch.no_grad():
         for conv in kp.features:
             if isinstance(conv, torch.nn.Conv2d):
@@ -54,7 +55,7 @@ def red_detector(kp: SpatialKeypoints) -> None:
         c1.weight[0, 2, k1:k1 + 2, k1:k1 + 2] = -1.0
         c2.weight[0, 0, k2:k2 + 2, k2:k2 + 2] = 1.0
         c3.weight[:, 0, 0, 0] = 1.0
-        kp.log_temperature.zero_()   # temperature 1 (its initial value) on the standardised maps
+        kp.log_temperature.fill_(math.log(2.0))
 
 
 def test_keypoints_follow_a_cube_with_sub_patch_precision():

@@ -7,18 +7,10 @@ weights on a few hundred demonstrations learns poorly (it reaches for where the 
 is). `SpatialKeypoints` (XR0Config vision_keypoints=K) gives each image K learned keypoints, as
 robot-learning encoders do: a small strided conv net over the full-resolution frame, a softmax
 over the positions of each of its K feature maps, and the expected (x, y) under each, a
-coordinate in [-1, 1] with sub-pixel resolution. Each map is standardised over its positions
-before the softmax, and each keypoint learns its own temperature, so how much a position pulls
-its keypoint depends on how far it stands out from the rest of its map, not on the scale the
-conv weights happen to reach. Trained end to end through the flow-matching loss on the sim's
-transfer-cube demonstrations, the unstandardised maps stayed almost flat (the keypoints that
-followed the cube put under 0.5% of their mass on any one cell) and a linear probe from the
-keypoints to where the cube lies missed by 2.4 / 2.0 cm (x / y) after 1000 steps and 2.0 / 1.7
-after 6000; standardised, by 1.5 / 0.9 after 1000 (README, "Fine-tuning proof").
-
-An MLP embeds the 2K coordinates and the embedding is added to every merged image token of that
-image, so the LLM and, through its KV cache, the action expert see where things are without any
-change to the token layout. The official checkpoints have no keypoints (vision_keypoints=0).
+coordinate in [-1, 1] with sub-pixel resolution. An MLP embeds the 2K coordinates and the
+embedding is added to every merged image token of that image, so the LLM and, through its KV
+cache, the action expert see where things are without any change to the token layout. The
+official checkpoints have no keypoints (vision_keypoints=0).
 
 The tower's output does not carry the image grid, so `install_keypoints` registers a forward
 hook on the tower that reads `grid_thw` and the flattened patches from its inputs and adds the
@@ -62,7 +54,7 @@ class SpatialKeypoints(nn.Module):
             nn.Conv2d(widths[0], widths[1], 3, stride=2, padding=1), nn.GELU(),
             nn.Conv2d(widths[1], num_keypoints, 1),
         )
-        self.log_temperature = nn.Parameter(torch.zeros(num_keypoints))  # one per keypoint
+        self.log_temperature = nn.Parameter(torch.zeros(()))
         self.embed = nn.Sequential(nn.Linear(2 * num_keypoints, out), nn.GELU(), nn.Linear(out, out))
         self.last_keypoints: torch.Tensor | None = None  # (N_frames, K, 2), detached, for views
 
@@ -71,9 +63,7 @@ class SpatialKeypoints(nn.Module):
         edge of the image, +1 the right or bottom edge)."""
         maps = self.features(frames)                                  # (N, K, h, w)
         n, k, h, w = maps.shape
-        logits = maps.flatten(2)
-        logits = (logits - logits.mean(-1, keepdim=True)) / (logits.std(-1, keepdim=True) + 1e-5)
-        attn = F.softmax(logits / self.log_temperature.exp()[:, None], dim=-1).view(n, k, h, w)
+        attn = F.softmax(maps.flatten(2) / self.log_temperature.exp(), dim=-1).view(n, k, h, w)
         xs = cell_centres(w, maps.device, attn.dtype)
         ys = cell_centres(h, maps.device, attn.dtype)
         x = (attn.sum(2) * xs).sum(-1)
