@@ -8,8 +8,10 @@ episodes it was not fitted on (leave-one-out).
 
 Prints the probe's error (cm, RMS over the held-out episodes, per axis) against the spread of
 the cube's positions (what a probe that always answers the mean would miss by), and the single
-keypoint that follows the cube best along each axis (its correlation). An encoder that locates the
-cube gives an error well under a centimetre; one that does not, about the spread.
+keypoint that follows the cube best along each axis (its correlation, and how peaked its map
+is: the largest share of its softmax mass on one cell, median over the episodes). An encoder
+that locates the cube gives an error well under a centimetre; one that does not, about the
+spread.
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ def main() -> int:
     ids = [e for e in ids if seeds[e] is not None]
     if len(ids) < 8:
         raise SystemExit(f"{len(ids)} episodes with a recorded sim seed: the probe needs 8 or more")
-    kps, cubes = [], []
+    kp_net = visual.keypoints
+    maps: list[torch.Tensor] = []
+    hook = kp_net.features.register_forward_hook(lambda m, i, o: maps.append(o.detach()))
+    kps, cubes, peaks = [], [], []
     for e in ids:
         x = EpisodeDataset(args.store, [e], cameras=policy.cameras, image_size=policy.image_size,
                            chunk=policy.chunk_length)[0]     # the episode's first step
@@ -72,8 +77,15 @@ def main() -> int:
         with torch.no_grad():
             visual(inputs.pixel_values.to(policy.model.dtype), grid_thw=inputs.image_grid_thw)
         kps.append(visual.keypoints.last_keypoints[0].flatten().numpy())   # first camera
+        # each keypoint's largest softmax mass on one cell of its map (first camera)
+        logits = maps[-1][0].flatten(1) / kp_net.log_temperature.detach().exp()
+        peaks.append(torch.softmax(logits, dim=-1).max(-1).values.numpy())
+        cells = logits.shape[-1]
+        maps.clear()
         cubes.append(cube_at_rest(seeds[e])[:2])
+    hook.remove()
     kps, cubes = np.asarray(kps, dtype=np.float64), np.asarray(cubes) * 100.0     # cm
+    peak = np.median(np.asarray(peaks), axis=0)             # (K,) median over the episodes
     err = np.sqrt((loo_residuals(kps, cubes) ** 2).mean(axis=0))
     spread = cubes.std(axis=0)
     k = kps.shape[1] // 2
@@ -83,7 +95,9 @@ def main() -> int:
     result = {"episodes": len(ids), "keypoints": k, "camera": policy.cameras[0],
               "probe_error_cm": err.round(3).tolist(), "spread_cm": spread.round(3).tolist(),
               "best_keypoint": corr.argmax(axis=0).tolist(),
-              "best_correlation": corr.max(axis=0).round(3).tolist()}
+              "best_correlation": corr.max(axis=0).round(3).tolist(),
+              "best_peak_mass": peak[corr.argmax(axis=0)].round(5).tolist(),
+              "uniform_mass": round(1.0 / cells, 5)}
     if args.json:
         print(json.dumps(result))
         return 0
@@ -91,7 +105,8 @@ def main() -> int:
     for a, axis in enumerate("xy"):
         print(f"  {axis}: probe error {err[a]:.2f} cm (held out) against a spread of "
               f"{spread[a]:.2f} cm; best single keypoint {corr[:, a].argmax()} "
-              f"(|correlation| {corr[:, a].max():.2f})")
+              f"(|correlation| {corr[:, a].max():.2f}; median peak softmax mass on one cell "
+              f"{100 * peak[corr[:, a].argmax()]:.2f}%, a uniform map {100 / cells:.2f}%)")
     return 0
 
 

@@ -88,4 +88,7 @@ def test_the_probe_places_the_cube_from_keypoints_that_find_it(sim_config, tmp_p
     assert min(found["spread_cm"]) > 3.0
     assert max(found["probe_error_cm"]) < 1.0, found
     assert min(found["best_correlation"]) > 0.98, found
+    # the hand-set maps peak on the cube: far more mass on one cell than a flat map's
+    assert 0 < found["uniform_mass"] < 0.01
+    assert min(found["best_peak_mass"]) > 10 * found["uniform_mass"], found
     assert max(found["probe_error_cm"]) < 0.25 * min(blind["probe_error_cm"]), (found, blind)
