@@ -155,6 +155,31 @@ def test_start_pause_resume_stop_saves_telemetry(session, store):
     assert (np.abs(np.diff(sent, axis=0)) <= limit + 1e-9).all()
 
 
+def test_a_release_before_any_correction_step_discards_the_empty_episode(session, store):
+    """Take over and release within one control tick: the correction episode has no steps.
+    It is discarded (nothing incomplete is left in the store) and the operator sees no error."""
+    from app.core.recorder import Recording
+
+    run = start_scripted(session, store)
+    run.take_over()
+    wait_for(lambda: any(e["event"] == "correction_started" for e in run.events), 10.0,
+             "the correction recording")
+    # the watcher's recording, replaced by one that gets no control steps: a release landing
+    # between the recording's start and the control loop's next tick
+    started, run._recording = run._recording, None
+    started.discard()
+    empty = Recording(session, store, "transfer the cube", tags=("correction",))
+    session.remove_listener(empty._on_step)
+    run._recording = empty
+    run.release()
+    assert run.state == "running" and run.corrections == []
+    [gone] = [e for e in run.events if e["event"] == "correction_abandoned"]
+    assert gone["episode"] == empty.writer.id and "no steps" in gone["reason"]
+    run.stop()
+    assert not [e for e in run.events if e["event"] == "error"], run.events
+    assert store.episodes() == []
+
+
 def test_takeover_records_a_correction_and_release_resumes_without_a_jump(session, store):
     cmds = Commands(session)
     run = start_scripted(session, store)

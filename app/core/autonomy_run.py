@@ -30,7 +30,7 @@ methods are safe from any thread and never wait on inference (stop() waits at mo
 policy call in flight to be abandoned). on_event(dict) is called from the thread that made the
 change (the watcher for e-stops and failures): a GUI hands it over to its own thread. Events:
 state {state, reason, error}, saved {path, segment}, correction_started {episode},
-correction {episode, steps}, correction_abandoned {episode}, error {message}.
+correction {episode, steps}, correction_abandoned {episode[, reason]}, error {message}.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from typing import Callable
 from app.core.autonomy import AutonomySource, telemetry_metrics, warm_up
 from app.core.policies import policy_cameras
 from app.core.rig_session import RigSession
+from store import EmptyEpisode
 from xr0.runtime import STRATEGIES, ChunkRuntime, RuntimeConfig, load_run
 from xr0.runtime.executor import SteppedExecutor
 
@@ -391,6 +392,15 @@ class AutonomyRun:
             return
         try:
             info = rec.finish()
+        except EmptyEpisode as e:
+            if rec.writer.steps == 0:
+                # released before teleop's first recorded step: nothing to keep, nothing to fix
+                rec.writer.discard()
+                self._emit({"event": "correction_abandoned", "episode": rec.writer.id,
+                            "reason": "no steps were recorded before the release"})
+                return
+            self._emit({"event": "error", "message": str(e)})
+            return
         except Exception as e:  # noqa: BLE001 - the store says what happened and what to do
             self._emit({"event": "error", "message": str(e)})
             return
