@@ -52,9 +52,9 @@ class Commands:
     def assert_no_jump(self, limit: np.ndarray) -> None:
         """Each command moved each joint at most one step's limit from the command before it,
         or, where a new controller took over (teleop after the policy, or after a hold), from
-        where that joint measurably was. A gripper closed on the cube sits well short of its
-        closed command, and a controller taking over starts from the measured pose; what is
-        never allowed is a command that leads the arm more than one step away from both."""
+        where that joint measurably was. A gripper can sit well short of its command (closing
+        on the cube), and a controller taking over starts from the measured pose; what is never
+        allowed is a command that leads the arm more than one step away from both."""
         rows, present = list(self.rows), list(self.present)
         last = None
         for cmd, here in zip(rows, present):

@@ -45,7 +45,6 @@ from typing import Callable
 from app.core.autonomy import AutonomySource, telemetry_metrics, warm_up
 from app.core.policies import policy_cameras
 from app.core.rig_session import RigSession
-from store import EmptyEpisode
 from xr0.runtime import STRATEGIES, ChunkRuntime, RuntimeConfig, load_run
 from xr0.runtime.executor import SteppedExecutor
 
@@ -390,17 +389,14 @@ class AutonomyRun:
             rec.abandon()
             self._emit({"event": "correction_abandoned", "episode": rec.writer.id})
             return
+        if rec.stats.steps == 0 and not rec.error:
+            # released before teleop's first recorded step: nothing to keep, nothing failed
+            rec.discard()
+            self._emit({"event": "correction_abandoned", "episode": rec.writer.id,
+                        "reason": "no steps were recorded before the release"})
+            return
         try:
             info = rec.finish()
-        except EmptyEpisode as e:
-            if rec.writer.steps == 0:
-                # released before teleop's first recorded step: nothing to keep, nothing to fix
-                rec.writer.discard()
-                self._emit({"event": "correction_abandoned", "episode": rec.writer.id,
-                            "reason": "no steps were recorded before the release"})
-                return
-            self._emit({"event": "error", "message": str(e)})
-            return
         except Exception as e:  # noqa: BLE001 - the store says what happened and what to do
             self._emit({"event": "error", "message": str(e)})
             return
