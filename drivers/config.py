@@ -82,6 +82,9 @@ class SimConfig:
     seed: int = 0
     realtime: bool = True
     episode_seconds: float = 8.0
+    # the scripted operator's aiming error (m, std per horizontal axis) on each arm's first
+    # reach, corrected on the way down (drivers.sim.operator); 0: perfectly aimed
+    aim_noise: float = 0.0
 
 
 @dataclass(frozen=True)

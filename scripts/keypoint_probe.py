@@ -1,7 +1,9 @@
 """Do a policy's spatial-softmax keypoints (train --vision-keypoints K) find the cube? A linear
-probe: for the first frame of each transfer-cube episode of a store (the cube at rest where the
-episode's seed placed it, the arms at their start pose), the policy's K keypoints on its first
-camera, and a least-squares line from them to the cube's (x, y) on the table, scored on the
+probe: for one frame of each transfer-cube episode of a store (by default the first: the cube at
+rest where the episode's seed placed it, the arms at their start pose; --step N takes step N's,
+with the arms on their way and the cube still at rest as long as N is before the grasp, about
+step 110 in the scripted demonstrations), the policy's K keypoints on its first camera, and a
+least-squares line from them to the cube's (x, y) on the table, scored on the
 episodes it was not fitted on (leave-one-out).
 
     .venv/bin/python scripts/keypoint_probe.py --policy RUN/checkpoints/step-N --store STORE
@@ -42,6 +44,8 @@ def main() -> int:
     ap.add_argument("--policy", required=True, help="checkpoint or run folder")
     ap.add_argument("--store", required=True, help="episode store of sim transfer-cube episodes")
     ap.add_argument("--episodes", default=None, help="ids (default: every complete episode)")
+    ap.add_argument("--step", type=int, default=0,
+                    help="the step whose frame is probed (default 0; before the grasp, < 110)")
     ap.add_argument("--json", action="store_true", help="one JSON object instead of text")
     args = ap.parse_args()
 
@@ -71,7 +75,7 @@ def main() -> int:
     kps, cubes, peaks = [], [], []
     for e in ids:
         x = EpisodeDataset(args.store, [e], cameras=policy.cameras, image_size=policy.image_size,
-                           chunk=policy.chunk_length)[0]     # the episode's first step
+                           chunk=policy.chunk_length)[args.step]
         frames = {c: x["images"][i] for i, c in enumerate(policy.cameras)}
         inputs = policy.processor([policy._views(frames)], [format_instruction(x["instruction"])])
         with torch.no_grad():
@@ -92,7 +96,7 @@ def main() -> int:
     corr = np.array([[abs(np.corrcoef(kps[:, 2 * i + a], cubes[:, a])[0, 1])
                       if kps[:, 2 * i + a].std() > 1e-9 else 0.0 for a in range(2)]
                      for i in range(k)])
-    result = {"episodes": len(ids), "keypoints": k, "camera": policy.cameras[0],
+    result = {"episodes": len(ids), "step": args.step, "keypoints": k, "camera": policy.cameras[0],
               "probe_error_cm": err.round(3).tolist(), "spread_cm": spread.round(3).tolist(),
               "best_keypoint": corr.argmax(axis=0).tolist(),
               "best_correlation": corr.max(axis=0).round(3).tolist(),
@@ -101,7 +105,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{len(ids)} episodes, {k} keypoints on camera {policy.cameras[0]!r}")
+    print(f"{len(ids)} episodes, step {args.step}, {k} keypoints on camera {policy.cameras[0]!r}")
     for a, axis in enumerate("xy"):
         print(f"  {axis}: probe error {err[a]:.2f} cm (held out) against a spread of "
               f"{spread[a]:.2f} cm; best single keypoint {corr[:, a].argmax()} "

@@ -54,9 +54,9 @@ def red_cube_finder(model) -> None:
         kp.log_temperature.fill_(math.log(0.5))
 
 
-def probe(policy: Path, store: Path) -> dict:
+def probe(policy: Path, store: Path, *extra: str) -> dict:
     out = subprocess.run([sys.executable, str(ROOT / "scripts/keypoint_probe.py"), "--policy",
-                          str(policy), "--store", str(store), "--json"],
+                          str(policy), "--store", str(store), "--json", *extra],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
@@ -92,3 +92,7 @@ def test_the_probe_places_the_cube_from_keypoints_that_find_it(sim_config, tmp_p
     assert 0 < found["uniform_mass"] < 0.01
     assert min(found["best_peak_mass"]) > 10 * found["uniform_mass"], found
     assert max(found["probe_error_cm"]) < 0.25 * min(blind["probe_error_cm"]), (found, blind)
+    # a later frame of the same episodes (--step): the cube still at rest, still found
+    later = probe(tmp_path / "finder", store, "--step", "3")
+    assert later["step"] == 3 and found["step"] == 0
+    assert max(later["probe_error_cm"]) < 1.0, later

@@ -11,6 +11,7 @@ import pytest
 from drivers import layout
 from drivers.config import SimConfig
 from drivers.sim import scene
+from drivers.sim import operator
 from drivers.sim.operator import ArmIK
 from drivers.sim import scripted_teleop
 from drivers.sim.rig import SimRig
@@ -121,3 +122,75 @@ def _quat_of(rot):
     q = np.zeros(4)
     mujoco.mju_mat2Quat(q, np.ascontiguousarray(rot).flatten())
     return q
+
+
+def aimed_rig(sim_config, aim_noise):
+    cfg = sim_config.with_(cameras=(), sim=dataclasses.replace(
+        sim_config.sim or SimConfig(), task="transfer_cube", realtime=False, aim_noise=aim_noise))
+    return SimRig(cfg)
+
+
+def right_tip(rig, leader) -> np.ndarray:
+    """Where the leader's right-arm joints put the right fingertip (the operator's own FK)."""
+    s = layout.arm_slice("right")
+    pos, _ = rig.operator.ik["right"].fk(np.asarray(leader)[s][:6])
+    return pos
+
+
+def test_an_aiming_error_is_drawn_per_seed_and_corrected_before_the_fingers_come_down(sim_config):
+    """--aim-noise: the right arm's first reach hovers over a point off the cube by that
+    episode's drawn offset; by the correction time its fingers are over the cube itself."""
+    rig = aimed_rig(sim_config, 0.02)
+    hover_step = int(round(1.6 * rig.config.control_hz))
+    corrected_step = int(round(operator.CORRECTED_BY * rig.config.control_hz))
+    aims = {}
+    with rig:
+        for seed in (3, 4, 3):
+            rig.reset(seed)
+            aim = rig.operator.aim["right"].copy()
+            assert aim[2] == 0.0 and np.all(np.abs(aim[:2]) <= 2.5 * 0.02)
+            assert not np.any(rig.operator.aim["left"][2:])
+            cube = rig.view.body_pos("box").copy()      # where the seed placed it
+            for k in range(corrected_step + 1):
+                state = rig.read()
+                if k == hover_step:
+                    hover = right_tip(rig, state.leader)
+                rig.command(state.leader)
+                rig.step()
+            # the leader's command at this step, computed from the scene as it is now (the cube
+            # has settled on the table since it was placed)
+            at_corrected = right_tip(rig, rig.read().leader)
+            cube = rig.view.body_pos("box").copy()
+            np.testing.assert_allclose(hover[:2], (cube + aim)[:2], atol=0.004)
+            assert np.linalg.norm(hover[:2] - cube[:2]) > 0.005      # these seeds miss by more
+            np.testing.assert_allclose(at_corrected[:2], cube[:2], atol=0.004)
+            assert at_corrected[2] - cube[2] == pytest.approx(
+                operator.GRASP_HEIGHT + operator.CORRECTION_HEIGHT, abs=0.006)
+            if seed in aims:
+                np.testing.assert_array_equal(aims[seed], aim)   # the seed draws it
+            aims[seed] = aim
+    assert np.linalg.norm(aims[3] - aims[4]) > 1e-4
+    # over many seeds the offsets spread as asked (std 0.02 m per axis)
+    draws = np.array([rig.operator._draw_aim(s)["right"][:2] for s in range(400)])
+    assert 0.017 < draws.std() < 0.023 and abs(draws.mean()) < 0.004
+
+
+def test_without_aim_noise_the_first_reach_aims_at_the_cube(sim_config):
+    rig = aimed_rig(sim_config, 0.0)
+    with rig:
+        rig.reset(5)
+        assert not any(np.any(a) for a in rig.operator.aim.values())
+        cube = rig.view.body_pos("box").copy()
+        for k in range(int(round(1.6 * rig.config.control_hz)) + 1):
+            state = rig.read()
+            rig.command(state.leader)
+            rig.step()
+        np.testing.assert_allclose(right_tip(rig, state.leader)[:2], cube[:2], atol=0.004)
+    with pytest.raises(ValueError, match="aim_noise"):
+        aimed_rig(sim_config, -0.01)
+
+
+@pytest.mark.slow
+def test_transfer_cube_with_aim_noise_still_succeeds_through_teleop(sim_config):
+    cfg = sim_config.with_(sim=dataclasses.replace(sim_config.sim or SimConfig(), aim_noise=0.02))
+    check_teleop_path(run_episodes(cfg, "transfer_cube", range(20)), max_failures=1)

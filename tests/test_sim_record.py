@@ -104,3 +104,24 @@ def test_seed_needs_a_stepping_recording(tmp_path):
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode != 0 and "--stepping" in r.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_aim_noise_tags_the_episodes_and_is_checked(tmp_path):
+    """--aim-noise M records demonstrations whose first reach misses and is corrected; the
+    episodes carry it as a tag, and a negative M or a hardware rig is refused before the store
+    is touched."""
+    store = tmp_path / "store"
+    cmd = [sys.executable, str(ROOT / "main.py"), "record", "--task", "transfer the cube",
+           "--episodes", "1", "--seconds", "0.2", "--stepping", "--seed", "4", "--json"]
+    r = subprocess.run([*cmd, "--rig", "sim", "--store", str(store), "--aim-noise", "0.02"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with EpisodeStore.open(store) as st:
+        [info] = st.episodes(status="complete")
+        assert {"seed:4", "aim-noise:0.02"} <= set(info.tags)
+    for rig, value, says in (("sim", "-0.01", ">= 0"), ("aloha", "0.02", "hardware")):
+        r = subprocess.run([*cmd, "--rig", rig, "--store", str(tmp_path / "bad"),
+                            "--aim-noise", value], capture_output=True, text=True, timeout=120,
+                           cwd=ROOT)
+        assert r.returncode != 0 and says in r.stderr, r.stderr[-2000:]
+        assert not (tmp_path / "bad").exists()

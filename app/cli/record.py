@@ -1,11 +1,13 @@
 """`python main.py record --rig sim|CONFIG --task TEXT --episodes N [--seconds S] --store DIR
-[--stepping [--seed S]] [--json]`: record demonstrations headless. On the sim rig the scripted
+[--stepping [--seed S]] [--aim-noise M] [--json]`: record demonstrations headless. On the sim rig the scripted
 operator plays the leader arms (one seeded episode each), in real time or, with --stepping, one
 control period at a time with every camera frame; on hardware the leader arms drive the
 followers, with a warm-up before and a reset period after each episode."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 
 from app.cli.output import emit_json, error
@@ -30,6 +32,11 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=None,
                    help="with --stepping: the scene seed of the first episode, the next ones "
                         "follow it (default: the rig config's seed + 1, + 2, ...)")
+    p.add_argument("--aim-noise", type=float, default=None, metavar="M",
+                   help="sim rig: the scripted operator aims each arm's first reach a random "
+                        "horizontal offset (std M metres per axis, from the scene seed) off the "
+                        "object and corrects it on the way down, so the demonstrations show "
+                        "corrections (e.g. 0.02; default: the rig config's, 0)")
     p.add_argument("--json", action="store_true", help="JSON lines: phases, episodes, summary")
     p.set_defaults(func=run)
 
@@ -45,6 +52,16 @@ def run(args) -> int:
     cfg = load_rig_config(args.rig)
     if args.seed is not None and not args.stepping:
         raise ValueError("--seed picks the scenes of a stepping recording: add --stepping")
+    if args.aim_noise is not None:
+        if cfg.kind != "sim":
+            raise ValueError("--aim-noise sets the sim's scripted operator: hardware episodes are "
+                             "demonstrated by a person")
+        if not (args.aim_noise >= 0.0 and math.isfinite(args.aim_noise)):
+            raise ValueError(f"--aim-noise is a standard deviation in metres, >= 0: "
+                             f"{args.aim_noise}")
+        cfg = cfg.with_(sim=dataclasses.replace(cfg.sim, aim_noise=float(args.aim_noise)))
+        if args.aim_noise > 0:
+            args.tag = [*args.tag, f"aim-noise:{args.aim_noise:g}"]
     try:
         store = EpisodeStore.open(args.store)
     except StoreError as e:

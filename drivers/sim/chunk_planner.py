@@ -51,7 +51,7 @@ class ChunkPlanner:
         rig = self.rig
         with rig._lock:  # noqa: SLF001 - the sim package's own lock around its physics state
             if not rig.operator.scripts:
-                rig.operator.reset(rig.view)
+                rig.operator.reset(rig.view, seed=rig.seed)
             # shallow copies: an ArmScript replaces (never mutates) its arrays as it advances
             scripts = {s: copy.copy(sc) for s, sc in rig.operator.scripts.items()}
             d = rig.data

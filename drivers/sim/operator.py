@@ -12,6 +12,14 @@ the same minimum-jerk profile. A waypoint's pose may depend on the scene when it
 (where the cube is now, where the socket sits in the left gripper), so the script closes the loop
 on the objects it handles.
 
+With an aiming error (`aim_noise`, metres), each arm's first reach towards an object it picks
+aims at a point off that object by a random horizontal offset (per axis Gaussian, drawn from the
+episode's seed, clipped at 2.5 standard deviations), and the next segment, resolved from where
+the object really is, corrects it on the way down. Demonstrations then show what a good
+demonstrator's do and perfectly aimed scripted ones never show: an arm off its target and the
+move that brings it back, so a policy learns to read the object against the gripper instead of
+inferring the target from how the arm has moved so far.
+
 The output of `act()` is what leader arms would read: 14-d joint targets, grippers 0..1, moving as
 a person moves leader arms: every joint under 2.5 rad/s with a continuous velocity, each gripper
 opened or closed over half a second.
@@ -263,10 +271,15 @@ def _at(pos, quat) -> Pose:
 class ScriptedOperator:
     """Plays both leader arms through a task from whatever initial state the seed produced."""
 
-    def __init__(self, model: mujoco.MjModel, task: str, control_dt: float):
+    def __init__(self, model: mujoco.MjModel, task: str, control_dt: float,
+                 aim_noise: float = 0.0):
+        if not (aim_noise >= 0.0 and np.isfinite(aim_noise)):
+            raise ValueError(f"aim_noise is a standard deviation in metres, >= 0: {aim_noise}")
         self.model = model
         self.task = task
         self.control_dt = control_dt
+        self.aim_noise = float(aim_noise)
+        self.aim: dict[str, np.ndarray] = {side: np.zeros(3) for side in layout.SIDES}
         self.index = SceneIndex.of(model)
         self.ik = {side: ArmIK(model, self.index, side) for side in layout.SIDES}
         self.scripts: dict[str, ArmScript] = {}
@@ -284,17 +297,31 @@ class ScriptedOperator:
     def duration(self) -> float:
         return max(s.waypoints[-1].t for s in self.scripts.values())
 
-    def reset(self, scene: SceneView) -> None:
-        """Plan an episode from the scene's initial state (call after the task reset)."""
+    def reset(self, scene: SceneView, seed: int | None = None) -> None:
+        """Plan an episode from the scene's initial state (call after the task reset). `seed`
+        draws the aiming errors (with aim_noise > 0; the same seed, the same errors)."""
         start = self.start_pose()
         plans = TRANSFER_CUBE if self.task == "transfer_cube" else INSERTION
+        self.aim = self._draw_aim(seed)
         self.scripts = {}
         for side in layout.SIDES:
             s = layout.arm_slice(side)
             self.scripts[side] = ArmScript(
-                self.ik[side], start[s][:6], float(start[s][6]), plans[side](scene)
+                self.ik[side], start[s][:6], float(start[s][6]), plans[side](scene, self.aim[side])
             )
         self.last = start
+
+    def _draw_aim(self, seed: int | None) -> dict[str, np.ndarray]:
+        """Each arm's horizontal aiming error for its first reach (zero without aim_noise)."""
+        if self.aim_noise == 0.0:
+            return {side: np.zeros(3) for side in layout.SIDES}
+        rng = np.random.default_rng([0x41494D, 0 if seed is None else int(seed) & 0xFFFFFFFF])
+        out = {}
+        for side in layout.SIDES:
+            xy = np.clip(rng.normal(0.0, self.aim_noise, 2), -2.5 * self.aim_noise,
+                         2.5 * self.aim_noise)
+            out[side] = np.array([xy[0], xy[1], 0.0])
+        return out
 
     def act(self, t: float, scene: SceneView) -> np.ndarray:
         """14-d leader joint targets for sim time t (seconds since the episode began)."""
@@ -326,11 +353,28 @@ def _cube(scene: SceneView) -> np.ndarray:
     return scene.body_pos("box")
 
 
-def _transfer_right(scene: SceneView) -> list[Waypoint]:
-    c = _cube(scene)
+def _corrected(aim: np.ndarray, target: Callable[[SceneView], np.ndarray],
+               quat: np.ndarray) -> list[Waypoint]:
+    """After a first reach aimed `aim` off the object: bring the open fingers over the object,
+    CORRECTION_HEIGHT above where they grip it, before they come down, so that no finger lands
+    on it (none without an aiming error: the way down is one straight segment then)."""
+    if not np.any(aim):
+        return []
+    return [Waypoint(CORRECTED_BY, 1.0, resolve=lambda sc: _at(target(sc) + [0, 0, CORRECTION_HEIGHT],
+                                                                quat))]
+
+
+CORRECTED_BY = 1.95  # s: the aiming error is gone by then, 0.25 s before the grip height
+CORRECTION_HEIGHT = 0.03  # m above the grip height
+
+
+def _transfer_right(scene: SceneView, aim: np.ndarray) -> list[Waypoint]:
+    c = _cube(scene) + aim  # the first reach aims here; the way down corrects any error
+    grip = lambda sc: _cube(sc) + [0, 0, GRASP_HEIGHT]  # noqa: E731
     return [
         Waypoint(1.6, 1.0, _at(c + [0, 0, 0.10], RIGHT_DOWN), joint=True, seed=REACH_DOWN),
-        Waypoint(2.2, 1.0, resolve=lambda sc: _at(_cube(sc) + [0, 0, GRASP_HEIGHT], RIGHT_DOWN)),
+        *_corrected(aim, grip, RIGHT_DOWN),
+        Waypoint(2.2, 1.0, resolve=lambda sc: _at(grip(sc), RIGHT_DOWN)),
         Waypoint(2.7, 0.0, resolve=lambda sc: sc.tip("right")),
         Waypoint(3.3, 0.0, resolve=lambda sc: _at(sc.tip("right").pos + [0, 0, 0.10], RIGHT_DOWN)),
         Waypoint(4.4, 0.0, _at(MEET, RIGHT_HANDOVER)),
@@ -345,7 +389,8 @@ def _left_grip_target(scene: SceneView) -> Pose:
     return _at(_cube(scene) + LEFT_REACH * _D, LEFT_HANDOVER)
 
 
-def _transfer_left(scene: SceneView) -> list[Waypoint]:
+def _transfer_left(scene: SceneView, aim: np.ndarray) -> list[Waypoint]:
+    # its first move goes to a fixed waiting pose, not to an object: nothing to aim
     wait = MEET + 0.12 * _D
     return [
         Waypoint(3.0, 1.0, _at(wait, LEFT_HANDOVER), joint=True),
@@ -362,11 +407,13 @@ TRANSFER_CUBE = {"left": _transfer_left, "right": _transfer_right}
 
 
 # -- insertion ----------------------------------------------------------------------------------
-def _insertion_right(scene: SceneView) -> list[Waypoint]:
-    p = scene.body_pos("peg")
+def _insertion_right(scene: SceneView, aim: np.ndarray) -> list[Waypoint]:
+    p = scene.body_pos("peg") + aim
+    grip = lambda sc: sc.body_pos("peg") + [0, 0, -0.005]  # noqa: E731
     return [
         Waypoint(1.6, 1.0, _at(p + [0, 0, 0.10], RIGHT_DOWN), joint=True, seed=REACH_DOWN),
-        Waypoint(2.2, 1.0, resolve=lambda sc: _at(sc.body_pos("peg") + [0, 0, -0.005], RIGHT_DOWN)),
+        *_corrected(aim, grip, RIGHT_DOWN),
+        Waypoint(2.2, 1.0, resolve=lambda sc: _at(grip(sc), RIGHT_DOWN)),
         Waypoint(2.7, 0.0, resolve=lambda sc: sc.tip("right")),
         Waypoint(3.4, 0.0, resolve=lambda sc: _at(sc.tip("right").pos + [0, 0, 0.15], RIGHT_DOWN)),
         Waypoint(4.6, 0.0, resolve=lambda sc: _peg_goal(sc, 0.05), track=True),
@@ -376,11 +423,13 @@ def _insertion_right(scene: SceneView) -> list[Waypoint]:
     ]
 
 
-def _insertion_left(scene: SceneView) -> list[Waypoint]:
-    s = scene.body_pos("socket")
+def _insertion_left(scene: SceneView, aim: np.ndarray) -> list[Waypoint]:
+    s = scene.body_pos("socket") + aim
+    grip = lambda sc: sc.body_pos("socket") + [0, 0, -0.005]  # noqa: E731
     return [
         Waypoint(1.6, 1.0, _at(s + [0, 0, 0.10], LEFT_DOWN), joint=True, seed=REACH_DOWN),
-        Waypoint(2.2, 1.0, resolve=lambda sc: _at(sc.body_pos("socket") + [0, 0, -0.005], LEFT_DOWN)),
+        *_corrected(aim, grip, LEFT_DOWN),
+        Waypoint(2.2, 1.0, resolve=lambda sc: _at(grip(sc), LEFT_DOWN)),
         Waypoint(2.7, 0.0, resolve=lambda sc: sc.tip("left")),
         Waypoint(3.4, 0.0, resolve=lambda sc: _at(sc.tip("left").pos + [0, 0, 0.15], LEFT_DOWN)),
         Waypoint(4.6, 0.0, resolve=lambda sc: _socket_goal(sc)),

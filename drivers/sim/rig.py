@@ -186,7 +186,8 @@ class SimRig(Rig):
                     f"'{name}', which the sim scene lacks; use one of {', '.join(known)}"
                 )
         self.cameras = {c.name: SimCamera(c) for c in config.cameras}
-        self.operator = ScriptedOperator(self.model, self.task.name, self.dt)
+        self.operator = ScriptedOperator(self.model, self.task.name, self.dt,
+                                         aim_noise=self.sim.aim_noise)
         self.view = SceneView(self.model, self.data)
         self._finger_dof = {
             side: int(self.model.jnt_dofadr[list(self.model.jnt_qposadr).index(arm.finger_qpos[0])])
@@ -301,7 +302,7 @@ class SimRig(Rig):
             self.task.reset(self.model, self.data, self.seed)
             self._set_limp(False)
             self._t0 = float(self.data.time)
-            self.operator.reset(self.view)
+            self.operator.reset(self.view, seed=self.seed)
             self._leader = self.operator.start_pose()
             with self._io_lock:
                 self._targets = self.index.targets_from_ctrl(self.data.ctrl)
