@@ -117,3 +117,26 @@ def test_reset_without_a_seed_walks_on_from_the_configured_one(sim_config):
         s = rig.read()
         assert s.info["seed"] == 12 and s.info["sim_time"] == 0.0 and s.info["reward"] == 0
         np.testing.assert_array_equal(rig.data.qpos[16:23], rig.task.initial_objects(12))
+
+
+def test_after_a_reset_the_first_read_sees_the_new_episode_not_the_last_frame(sim_config):
+    """Stepping mode: the frame a policy gets with an episode's first observation shows that
+    episode's scene at sim time 0, the same frame a freshly connected rig shows for that seed,
+    never the previous episode's last frame (its arms where that episode left them)."""
+    cfg = configured(sim_config, False, cameras=("top",))
+    fresh = SimRig(cfg.with_(sim=dataclasses.replace(cfg.sim, seed=8)))
+    with fresh:
+        expected = fresh.frames()["top"]
+    rig = SimRig(cfg.with_(sim=dataclasses.replace(cfg.sim, seed=7)))
+    with rig:
+        teleop_steps(rig, 150)                   # the arms well away from their start pose
+        last = rig.frames()["top"]
+        rig.reset(8)
+        first = rig.frames()["top"]
+        assert first.seq > last.seq and first.t_device == 0.0
+        np.testing.assert_array_equal(first.color, expected.color)
+        assert np.abs(first.color.astype(int) - last.color).mean() > 1.0
+        # the fps schedule is the episode's own: 25 fps of sim time from the reset on
+        teleop_steps(rig, 50)
+        fps = rig.config.cameras[0].fps
+        assert rig.cameras["top"].latest().seq - first.seq == pytest.approx(fps, abs=1)

@@ -312,6 +312,11 @@ class SimRig(Rig):
             self._snapshot = self._state_snapshot()
             self._publish()
             self._wall0, self._sim0 = clock.now(), 0.0
+        if not self.realtime and self._connected:
+            # stepping: the cameras show the new scene from the episode's first read on, as a
+            # streaming camera would, instead of the previous episode's last frame until the
+            # first step() (connect() renders its own first frames)
+            self._render_now()
 
     # -- stepping ----------------------------------------------------------------------------
     @property
@@ -352,6 +357,14 @@ class SimRig(Rig):
         with self._lock:
             self._advance()
         self._render_due()
+
+    def _render_now(self) -> None:
+        """Stepping mode: a frame of every camera at the current instant, off the fps schedule
+        (the frames due by sim time still come from step())."""
+        if self._renderers is None:
+            self._renderers = _Renderers(self.model)
+        for cam in self.cameras.values():
+            cam.deliver(self._renderers.render(self.data, cam), self.episode_time)
 
     def _render_due(self, force: bool = False) -> None:
         # Stepping mode renders here, in the caller's thread, not in the render worker: step() is
