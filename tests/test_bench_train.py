@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from app.core.jobs import trainer_alive
-from bench.train import EVAL_PROCESSES, STAGES, _Ledger, _recipe, _restarts, _stage_cost
+from bench.train import AIM_NOISE, EVAL_PROCESSES, STAGES, _Ledger, _recipe, _restarts, _stage_cost
+from store import EpisodeStore
 from xr0.train.rundir import read_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +98,10 @@ def test_a_stopped_bench_continues_where_it_left_off(tmp_path):
     ledger = json.loads((folder / "bench.json").read_text())
     assert [c["what"] for c in ledger["commands"]].count("record") == 1   # recorded once
     assert figs["demonstrations recorded"]["value"] == 3
+    # demonstrations with corrections: the operator's first reach aimed off and corrected
+    with EpisodeStore.open(folder / "store") as st:
+        tags = [set(e.tags) for e in st.episodes(status="complete")]
+    assert len(tags) == 3 and all(f"aim-noise:{AIM_NOISE:g}" in t for t in tags), tags
     assert [c["status"] for c in ledger["commands"] if c["what"] == "stage2"] == ["exit 3",
                                                                                  "done"]
 
