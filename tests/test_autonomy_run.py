@@ -165,12 +165,12 @@ def test_a_release_before_any_correction_step_discards_the_empty_episode(session
     wait_for(lambda: any(e["event"] == "correction_started" for e in run.events), 10.0,
              "the correction recording")
     # the watcher's recording, replaced by one that gets no control steps: a release landing
-    # between the recording's start and the control loop's next tick
-    started, run._recording = run._recording, None
-    started.discard()
+    # between the recording's start and the control loop's next tick (swapped in one
+    # assignment: a watcher tick that saw no recording would start another one)
     empty = Recording(session, store, "transfer the cube", tags=("correction",))
     session.remove_listener(empty._on_step)
-    run._recording = empty
+    started, run._recording = run._recording, empty
+    started.discard()
     run.release()
     assert run.state == "running" and run.corrections == []
     [gone] = [e for e in run.events if e["event"] == "correction_abandoned"]
