@@ -140,3 +140,27 @@ def test_after_a_reset_the_first_read_sees_the_new_episode_not_the_last_frame(si
         teleop_steps(rig, 50)
         fps = rig.config.cameras[0].fps
         assert rig.cameras["top"].latest().seq - first.seq == pytest.approx(fps, abs=1)
+
+
+def test_in_real_time_a_reset_returns_with_the_new_scene_on_every_camera(sim_config):
+    """Real time: once reset() returns, each camera's latest frame shows the new episode (sim
+    time near 0, rendered after the reset); a frame of the old scene still in flight at the
+    reset is dropped, so none of them arrives after it either."""
+    cams = tuple(dataclasses.replace(c, width=96, height=64) for c in sim_config.cameras[:2])
+    rig = SimRig(configured(sim_config, True, cameras=()).with_(cameras=cams))
+    with rig:
+        time.sleep(1.5)                               # the old episode: arms moving, frames flowing
+        before = {n: rig.cameras[n].latest() for n in rig.cameras}
+        assert all(f.t_device > 0.5 for f in before.values())
+        t_reset = time.monotonic()
+        rig.reset(21)
+        waited = time.monotonic() - t_reset
+        firsts = {n: rig.cameras[n].latest() for n in rig.cameras}
+        for n, f in firsts.items():
+            assert f.seq > before[n].seq and f.t_device < 0.2, (n, f.t_device)
+        assert waited < 1.0
+        # frames keep coming, all of the new episode (its sim time only grows from ~0)
+        time.sleep(0.5)
+        for n, cam in rig.cameras.items():
+            f = cam.latest()
+            assert f.seq > firsts[n].seq and f.t_device < 1.0

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 
 import collections
+import functools
 import threading
 
 import mujoco
@@ -92,6 +93,11 @@ class SimCamera(Camera):
             self._arrivals.append(t)
             self._cond.notify_all()
             return self._frame
+
+    def seq(self) -> int:
+        """The sequence number of the latest frame (0 before the first)."""
+        with self._cond:
+            return self._seq
 
     def latest(self, max_age_s: float | None = None) -> Frame:
         with self._cond:
@@ -156,6 +162,9 @@ class _Renderers:
 
 
 class SimRig(Rig):
+    # real time: how long reset() waits for each camera's first frame of the new scene
+    RESET_FRAME_TIMEOUT_S = 1.0
+
     def __init__(self, config: RigConfig):
         super().__init__(config)
         self.sim: SimConfig = config.sim or SimConfig()
@@ -213,6 +222,10 @@ class SimRig(Rig):
         self._reward = 0
         # what the cameras render: (qpos, sim time, mocap_pos, mocap_quat), replaced whole
         self._snapshot: tuple | None = None
+        # episodes since connect: a frame rendered from an earlier episode's snapshot (in flight
+        # at a reset) is dropped, not delivered; the lock orders a reset against deliveries
+        self._episode = 0
+        self._episode_lock = threading.Lock()
         self._next_frame: dict[str, float] = {}
         self._renderers: _Renderers | None = None
         self._worker: RenderWorker | None = None
@@ -309,9 +322,21 @@ class SimRig(Rig):
             self._reward = self.task.reward(self.model, self.data)
             self._best = self._reward
             self._next_frame = {name: 0.0 for name in self.cameras}
+            with self._episode_lock:
+                self._episode += 1
+                seen = {n: c.seq() for n, c in self.cameras.items()}
             self._snapshot = self._state_snapshot()
             self._publish()
             self._wall0, self._sim0 = clock.now(), 0.0
+        if self.realtime and self._connected:
+            # real time: return once every camera shows the new scene, so that the episode's
+            # first observation is not the previous episode's last frame (one frame period;
+            # a camera that fails to deliver is reported by the camera itself, not here)
+            for name, cam in self.cameras.items():
+                try:
+                    cam.wait_next(seen[name], self.RESET_FRAME_TIMEOUT_S)
+                except ConnectionFailed:
+                    pass
         if not self.realtime and self._connected:
             # stepping: the cameras show the new scene from the episode's first read on, as a
             # streaming camera would, instead of the previous episode's last frame until the
@@ -343,7 +368,7 @@ class SimRig(Rig):
             mocap = (self.data.mocap_pos.copy(), self.data.mocap_quat.copy())
         else:
             mocap = (None, None)
-        return (self.data.qpos.copy(), self.episode_time, *mocap)
+        return (self.data.qpos.copy(), self.episode_time, *mocap, self._episode)
 
     def step(self) -> None:
         """Stepping mode: advance one control period and render the cameras that are due."""
@@ -405,9 +430,11 @@ class SimRig(Rig):
         index = {c.name: i for i, c in enumerate(cams)}
         due = {c.name: clock.now() for c in cams}
 
-        def on_frame(i: int, color: np.ndarray, t_sim: float) -> None:
+        def on_frame(episode: int, i: int, color: np.ndarray, t_sim: float) -> None:
             cam = cams[i]
-            cam.deliver(color, t_sim)
+            with self._episode_lock:
+                if episode == self._episode:      # not a frame of the scene before a reset
+                    cam.deliver(color, t_sim)
             period = 1.0 / cam.config.fps
             due[cam.name] = max(due[cam.name] + period, clock.now() - period)
 
@@ -418,8 +445,9 @@ class SimRig(Rig):
                 if wait > 0 and self._stop.wait(wait):
                     break
                 batch = [index[n] for n, t in due.items() if t <= first + 1e-3]
-                qpos, t_sim, mocap_pos, mocap_quat = self._snapshot
-                worker.render(qpos, t_sim, batch, on_frame, mocap_pos, mocap_quat)
+                qpos, t_sim, mocap_pos, mocap_quat, episode = self._snapshot
+                worker.render(qpos, t_sim, batch, functools.partial(on_frame, episode),
+                              mocap_pos, mocap_quat)
         except ConnectionFailed as e:  # the worker died, hung or failed: cameras only
             self._camera_failure(str(e))
         except BaseException as e:  # noqa: BLE001
