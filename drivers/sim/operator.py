@@ -15,9 +15,9 @@ on the objects it handles.
 With an aiming error (`aim_noise`, metres), each arm's first reach towards an object it picks
 aims at a point off that object by a random horizontal offset (per axis Gaussian, drawn from the
 episode's seed, clipped at 2.5 standard deviations), and the next segment, resolved from where
-the object really is, corrects it on the way down. Demonstrations then show what a good
-demonstrator's do and perfectly aimed scripted ones never show: an arm off its target and the
-move that brings it back, so a policy learns to read the object against the gripper instead of
+the object really is, corrects it on the way down. Demonstrations then show what a person's
+show and perfectly aimed scripted ones never do: an arm off its target and the move that
+brings it back, so a policy learns to read the object against the gripper instead of
 inferring the target from how the arm has moved so far.
 
 The output of `act()` is what leader arms would read: 14-d joint targets, grippers 0..1, moving as
@@ -360,8 +360,10 @@ def _corrected(aim: np.ndarray, target: Callable[[SceneView], np.ndarray],
     on it (none without an aiming error: the way down is one straight segment then)."""
     if not np.any(aim):
         return []
-    return [Waypoint(CORRECTED_BY, 1.0, resolve=lambda sc: _at(target(sc) + [0, 0, CORRECTION_HEIGHT],
-                                                                quat))]
+    def over(sc: SceneView) -> Pose:
+        return _at(target(sc) + [0, 0, CORRECTION_HEIGHT], quat)
+
+    return [Waypoint(CORRECTED_BY, 1.0, resolve=over)]
 
 
 CORRECTED_BY = 1.95  # s: the aiming error is gone by then, 0.25 s before the grip height
