@@ -98,10 +98,11 @@ def test_a_stopped_bench_continues_where_it_left_off(tmp_path):
     ledger = json.loads((folder / "bench.json").read_text())
     assert [c["what"] for c in ledger["commands"]].count("record") == 1   # recorded once
     assert figs["demonstrations recorded"]["value"] == 3
-    # demonstrations with corrections: the operator's first reach aimed off and corrected
+    # recorded with the bench's aiming error (tagged when there is one)
     with EpisodeStore.open(folder / "store") as st:
-        tags = [set(e.tags) for e in st.episodes(status="complete")]
-    assert len(tags) == 3 and all(f"aim-noise:{AIM_NOISE:g}" in t for t in tags), tags
+        tags = [{t for t in e.tags if t.startswith("aim-noise:")}
+                for e in st.episodes(status="complete")]
+    assert tags == [{f"aim-noise:{AIM_NOISE:g}"} if AIM_NOISE else set()] * 3, tags
     assert [c["status"] for c in ledger["commands"] if c["what"] == "stage2"] == ["exit 3",
                                                                                  "done"]
 
