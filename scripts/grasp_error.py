@@ -12,6 +12,13 @@ right gripper began to close after opening, and the fingertip minus cube offset 
 world frame) at that step. A policy that reads the scene closes near 0 offset; one that misses
 shows whether it falls short (x), aims to a side (y) or closes too high or too early (z, step).
 
+The hand-over: the step at which the left gripper began to close (the same rule), the distance
+(cm) between the two arms' fingertips then, the step at which the right gripper began to open
+again after its grasp (rising OPENING_RISE above its lowest since), and the release gap between
+the two (steps). The scripted operator lets go 41-42 steps (0.8 s) after the left gripper begins
+to close, its fingertips 1.8 cm apart; a right gripper that opens much sooner drops the cube
+before the left one holds it.
+
 Over the episodes: the localisation gain along x and y, the slope of a least-squares line
 through (where the cube lay, where the fingertip closed). A policy that follows the cube has a
 gain near 1; one that reaches for where the cube usually is has a gain near 0, and its misses
@@ -33,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 OPEN_ABOVE = 0.8     # normalised gripper opening (0 closed .. 1 open) that counts as opened
 CLOSING_DROP = 0.1   # a fall this far below the widest opening so far counts as closing
+OPENING_RISE = 0.2   # a rise this far above the lowest opening since the grasp counts as opening
 
 
 @functools.cache
@@ -80,6 +88,61 @@ def cube_at_rest(seed: int) -> np.ndarray:
     return data.qpos[16:19].copy()
 
 
+def closing_step(g: np.ndarray) -> int | None:
+    """The first step at which a gripper that was opened falls well below its widest opening so
+    far (on a grasped cube it stops part-way, so a fixed "closed" threshold would miss it)."""
+    widest = np.maximum.accumulate(g)
+    closing = np.flatnonzero((widest >= OPEN_ABOVE) & (g < widest - CLOSING_DROP))
+    return int(closing[0]) if len(closing) else None
+
+
+def opening_step(g: np.ndarray, after: int) -> int | None:
+    """The first step after `after` at which the gripper rises well above its lowest since."""
+    lowest = np.minimum.accumulate(g[after:])
+    opening = np.flatnonzero(g[after:] > lowest + OPENING_RISE)
+    return after + int(opening[0]) if len(opening) else None
+
+
+def handover(states: np.ndarray, right_close: int | None) -> dict:
+    """When the left gripper closed, how far apart the fingertips were then, when the right one
+    let go, and the gap between the two."""
+    from drivers import layout
+
+    left_close = closing_step(states[:, layout.arm_slice("left").start + 6])
+    right_open = None if right_close is None else opening_step(
+        states[:, layout.arm_slice("right").start + 6], right_close)
+    tips = None
+    if left_close is not None:
+        at = states[left_close:left_close + 1]
+        tips = float(np.linalg.norm(fingertip_path(at, "left") - fingertip_path(at, "right")) * 100)
+    return {"left_close_step": left_close, "tips_cm": tips, "right_open_step": right_open,
+            "release_gap": None if left_close is None or right_open is None
+            else right_open - left_close}
+
+
+def release_chunk(z, right_close: int | None, before: int = 4) -> dict | None:
+    """Which chunk commanded the right gripper's release (the commanded opening rising
+    OPENING_RISE above its lowest since the grasp): its request step, and where the `before`
+    chunks requested before it had planned that release (None: not within their plan)."""
+    from drivers import layout
+
+    g = layout.arm_slice("right").start + 6
+    if right_close is None:
+        return None
+    step = opening_step(z["step_action"][:, g], right_close)
+    if step is None or int(z["step_chunk"][step]) < 0:
+        return None
+    ids = [int(c) for c in z["chunk_id"]]
+    k = ids.index(int(z["step_chunk"][step]))
+    planned = []
+    for j in range(max(0, k - before), k):
+        r = int(z["chunk_request"][j])
+        at = max(right_close - r, 0)
+        o = opening_step(z["chunk_actions"][j][:, g], at) if at < z["chunk_actions"].shape[1] else None
+        planned.append(None if o is None else r + o)
+    return {"step": step, "request": int(z["chunk_request"][k]), "earlier_plans": planned}
+
+
 def grasp_error(npz: Path) -> dict:
     """The figures of one saved episode."""
     from drivers import layout
@@ -92,17 +155,13 @@ def grasp_error(npz: Path) -> dict:
     cube = cube_at_rest(int(meta["seed"]))
     tips = fingertip_path(states)
     dist = np.linalg.norm(tips - cube, axis=1)
-    g = states[:, layout.arm_slice("right").start + 6]
-    widest = np.maximum.accumulate(g)
-    # closing: the gripper was opened, and now falls well below its widest opening (on a
-    # grasped cube it stops part-way, so a fixed "closed" threshold would miss it)
-    closing = np.flatnonzero((widest >= OPEN_ABOVE) & (g < widest - CLOSING_DROP))
-    close = int(closing[0]) if len(closing) else None
+    close = closing_step(states[:, layout.arm_slice("right").start + 6])
     return {"seed": int(meta["seed"]), "success": bool(meta.get("success")),
             "cube_cm": [float(v) for v in cube * 100],
             "closest_cm": float(dist.min() * 100), "closest_step": int(dist.argmin()),
             "close_step": close,
-            "offset_cm": None if close is None else [float(v) for v in (tips[close] - cube) * 100]}
+            "offset_cm": None if close is None else [float(v) for v in (tips[close] - cube) * 100],
+            "handover": handover(states, close), "release": release_chunk(z, close)}
 
 
 def localisation_gain(rows: list[dict]) -> dict | None:
@@ -140,14 +199,36 @@ def main() -> int:
         off = ("never closed" if r["offset_cm"] is None else
                "closed at step {} with offset x {:+.1f} y {:+.1f} z {:+.1f} cm".format(
                    r["close_step"], *r["offset_cm"]))
+        h = r["handover"]
+        ho = ("the left gripper never closed" if h["left_close_step"] is None else
+              f"left closed at step {h['left_close_step']} with the fingertips {h['tips_cm']:.1f} "
+              f"cm apart, right let go " + ("never" if h["right_open_step"] is None else
+                                            f"{h['release_gap']} steps later"))
         print(f"seed {r['seed']}: {'success' if r['success'] else 'failure'}, closest "
-              f"{r['closest_cm']:.1f} cm at step {r['closest_step']}, {off}")
+              f"{r['closest_cm']:.1f} cm at step {r['closest_step']}, {off}; {ho}")
     offs = np.array([r["offset_cm"] for r in rows if r["offset_cm"] is not None])
     if len(offs) and not args.json:
         print("mean offset at closing (cm): x {:+.1f} y {:+.1f} z {:+.1f}; mean |offset| "
               "{:.1f} cm; median closest approach {:.1f} cm".format(
                   *offs.mean(0), float(np.linalg.norm(offs, axis=1).mean()),
                   float(np.median([r["closest_cm"] for r in rows]))))
+    if not args.json:
+        for name, group in (("successes", [r for r in rows if r["success"]]),
+                            ("failures", [r for r in rows if not r["success"]])):
+            gaps = [r["handover"]["release_gap"] for r in group
+                    if r["handover"]["release_gap"] is not None]
+            tips = [r["handover"]["tips_cm"] for r in group if r["handover"]["tips_cm"] is not None]
+            if gaps:
+                print(f"hand-over, {len(group)} {name}: release gap median {np.median(gaps):.0f} "
+                      f"steps (range {min(gaps)}-{max(gaps)}); fingertips apart at the left "
+                      f"close median {np.median(tips):.1f} cm ({len(gaps)} let go)")
+    rel = [r["release"] for r in rows if r["release"] is not None]
+    if rel and not args.json:
+        lead = [r["step"] - r["request"] for r in rel]
+        early = sum(all(p is None or p > r["step"] for p in r["earlier_plans"]) and
+                    any(p is not None for p in r["earlier_plans"]) for r in rel)
+        print(f"release commanded {min(lead)}-{max(lead)} steps after its chunk's request; in "
+              f"{early} of {len(rel)} episodes before every earlier chunk that planned it")
     gain = localisation_gain(rows)
     if gain is not None:
         if args.json:

@@ -118,8 +118,9 @@ def test_run_refuses_a_policy_that_needs_missing_cameras(ckpt, tmp_path):
 
 def test_grasp_error_locates_the_fingertip_against_the_cube(ckpt, tmp_path):
     """scripts/grasp_error.py on saved stepping runs: the scripted operator closes the right
-    gripper on the cube (offset under 1 cm) wherever the cube lies (localisation gain 1); an
-    untrained checkpoint does not come near it."""
+    gripper on the cube (offset under 1 cm) wherever the cube lies (localisation gain 1) and
+    hands it over (the right lets go after the left closes); an untrained checkpoint does not
+    come near it."""
     for policy, folder, n in (("scripted", "scripted", "3"), (str(ckpt), "untrained", "1")):
         r, _ = run_cli("--policy", policy, "--task", "transfer the cube", "--seed", "7",
                        "--episodes", n, "--inject-delay-steps", "2", "--save", str(tmp_path / folder))
@@ -137,6 +138,12 @@ def test_grasp_error_locates_the_fingertip_against_the_cube(ckpt, tmp_path):
     for s in out["scripted"]:
         assert s["success"] and s["closest_cm"] < 1.0
         assert s["close_step"] is not None and float(np.linalg.norm(s["offset_cm"])) < 1.0
+        h = s["handover"]   # the left closes on the cube held out to it; the right lets go later
+        assert h["left_close_step"] > s["close_step"] and h["tips_cm"] < 2.5, h
+        assert h["right_open_step"] > h["left_close_step"] and 35 <= h["release_gap"] <= 50, h
+        rel = s["release"]  # commanded before the gripper moves; the chunk before planned it too
+        assert rel["request"] <= rel["step"] <= h["right_open_step"], rel
+        assert rel["earlier_plans"][-1] == rel["step"], rel
     [gain] = gains["scripted"]
     assert all(0.9 < gain[a]["gain"] < 1.1 and gain[a]["residual_cm"] < 1.0 for a in "xy"), gain
     [u] = out["untrained"]
