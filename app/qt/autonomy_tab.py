@@ -123,7 +123,9 @@ class AutonomyTab(QWidget):
         self.k.setRange(0, 199)
         self.k.setValue(15)
         self.k.setToolTip("Request the next chunk when at most k unexecuted actions remain "
-                          "(k < chunk length).")
+                          "(k < chunk length). A larger k replans more often; a task whose "
+                          "demonstrations pause (a hand-over) needs long stretches of one chunk "
+                          "to carry the pause.")
         form = QFormLayout(box)
         form.addRow("Checkpoint", row)
         form.addRow("Token", self.token)
