@@ -88,6 +88,13 @@ def cube_at_rest(seed: int) -> np.ndarray:
     return data.qpos[16:19].copy()
 
 
+def gripper(side: str) -> int:
+    """The column of one arm's gripper in the 14-d state and action vectors."""
+    from drivers import layout
+
+    return layout.NAMES.index(f"{side}_gripper")
+
+
 def closing_step(g: np.ndarray) -> int | None:
     """The first step at which a gripper that was opened falls well below its widest opening so
     far (on a grasped cube it stops part-way, so a fixed "closed" threshold would miss it)."""
@@ -106,11 +113,9 @@ def opening_step(g: np.ndarray, after: int) -> int | None:
 def handover(states: np.ndarray, right_close: int | None) -> dict:
     """When the left gripper closed, how far apart the fingertips were then, when the right one
     let go, and the gap between the two."""
-    from drivers import layout
-
-    left_close = closing_step(states[:, layout.arm_slice("left").start + 6])
+    left_close = closing_step(states[:, gripper("left")])
     right_open = None if right_close is None else opening_step(
-        states[:, layout.arm_slice("right").start + 6], right_close)
+        states[:, gripper("right")], right_close)
     tips = None
     if left_close is not None:
         at = states[left_close:left_close + 1]
@@ -124,9 +129,7 @@ def release_chunk(z, right_close: int | None, before: int = 4) -> dict | None:
     """Which chunk commanded the right gripper's release (the commanded opening rising
     OPENING_RISE above its lowest since the grasp): its request step, and where the `before`
     chunks requested before it had planned that release (None: not within their plan)."""
-    from drivers import layout
-
-    g = layout.arm_slice("right").start + 6
+    g = gripper("right")
     if right_close is None:
         return None
     step = opening_step(z["step_action"][:, g], right_close)
@@ -145,8 +148,6 @@ def release_chunk(z, right_close: int | None, before: int = 4) -> dict | None:
 
 def grasp_error(npz: Path) -> dict:
     """The figures of one saved episode."""
-    from drivers import layout
-
     meta = json.loads(npz.with_suffix(".json").read_text())["meta"]
     if meta.get("task") != "transfer_cube":
         raise ValueError(f"{npz.name}: task {meta.get('task')!r}, not transfer_cube")
@@ -155,7 +156,7 @@ def grasp_error(npz: Path) -> dict:
     cube = cube_at_rest(int(meta["seed"]))
     tips = fingertip_path(states)
     dist = np.linalg.norm(tips - cube, axis=1)
-    close = closing_step(states[:, layout.arm_slice("right").start + 6])
+    close = closing_step(states[:, gripper("right")])
     return {"seed": int(meta["seed"]), "success": bool(meta.get("success")),
             "cube_cm": [float(v) for v in cube * 100],
             "closest_cm": float(dist.min() * 100), "closest_step": int(dist.argmin()),
