@@ -1,6 +1,7 @@
 """Proof that fine-tuning learns: scripted sim demonstrations of transfer cube recorded through
-`main.py record --stepping --aim-noise 0.02` (every control step and camera frame, whatever the
-load; the operator's first reach misses the cube by a seeded offset and corrects it), xr0-tiny
+`main.py record --stepping` (every control step and camera frame, whatever the load; with
+`--aim-noise AIM_NOISE` when that is set, the operator's first reach misses the cube by a seeded
+offset and corrects it), xr0-tiny
 trained from scratch on the CPU with `main.py train --preset tiny-scratch` in the staged recipe
 below (STAGES), then evaluated with `main.py run --policy CHECKPOINT --strategy ensemble` over
 seeded episodes whose seeds no demonstration used (the sim's own success test, as gym-aloha

@@ -85,6 +85,9 @@ class SimConfig:
     # the scripted operator's aiming error (m, std per horizontal axis) on each arm's first
     # reach, corrected on the way down (drivers.sim.operator); 0: perfectly aimed
     aim_noise: float = 0.0
+    # the scripted operator's longest extra wait (s) before transfer cube's hand-over, drawn per
+    # episode uniform in [0, handover_delay] (drivers.sim.operator); 0: always on time
+    handover_delay: float = 0.0
 
 
 @dataclass(frozen=True)

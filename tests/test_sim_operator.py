@@ -194,3 +194,87 @@ def test_without_aim_noise_the_first_reach_aims_at_the_cube(sim_config):
 def test_transfer_cube_with_aim_noise_still_succeeds_through_teleop(sim_config):
     cfg = sim_config.with_(sim=dataclasses.replace(sim_config.sim or SimConfig(), aim_noise=0.02))
     check_teleop_path(run_episodes(cfg, "transfer_cube", range(20)), max_failures=1)
+
+
+def delayed_rig(sim_config, delay):
+    cfg = sim_config.with_(cameras=(), sim=dataclasses.replace(
+        sim_config.sim or SimConfig(), task="transfer_cube", realtime=False,
+        handover_delay=delay))
+    return SimRig(cfg)
+
+
+def handover_steps(rig, seed, steps):
+    """Run the scripted teleop `steps` control steps from `seed`: the steps at which the left
+    leader gripper starts closing and the right one starts opening after the lift, and the
+    leader's joint targets."""
+    left_g, right_g = (layout.arm_slice(side).stop - 1 for side in ("left", "right"))
+    rig.reset(seed)
+    leader = []
+    for _ in range(steps):
+        state = rig.read()
+        leader.append(np.asarray(state.leader).copy())
+        rig.command(state.leader)
+        rig.step()
+    leader = np.array(leader)
+    left_closing = int(np.nonzero(np.diff(leader[200:, left_g]) < -1e-6)[0][0]) + 201
+    right_opening = int(np.nonzero(np.diff(leader[200:, right_g]) > 1e-6)[0][0]) + 201
+    return left_closing, right_opening, leader
+
+
+def test_a_handover_delay_is_drawn_per_seed_and_the_left_arm_closes_when_it_arrives(sim_config):
+    """--handover-delay: the left arm waits the seed's extra time before it comes in; its
+    gripper closes that much later than on time, once it is at the cube, and the right one lets
+    go only after that."""
+    hz = sim_config.control_hz
+    steps = int(round((6.4 + 0.5) * hz))
+    with delayed_rig(sim_config, 0.0) as on_time:
+        base = {seed: handover_steps(on_time, seed, steps) for seed in (3, 4)}
+    rig = delayed_rig(sim_config, 0.5)
+    delays = {}
+    with rig:
+        for seed in (3, 4, 3):
+            left_closing, right_opening, leader = handover_steps(rig, seed, steps)
+            d = rig.operator.delay
+            assert 0.0 <= d <= 0.5 and (d * hz) == pytest.approx(round(d * hz))
+            if seed in delays:
+                assert d == delays[seed]                   # the seed draws it
+            delays[seed] = d
+            shift = int(round(d * hz))
+            base_left, base_right, base_leader = base[seed]
+            assert left_closing == base_left + shift
+            assert right_opening == base_right + shift
+            assert right_opening > left_closing + 0.4 * hz   # the left has closed by then
+            # until the delay is over the left arm holds its waiting pose, and from then on it
+            # moves as it does on time, `shift` steps later (towards where the cube is then,
+            # which the right gripper holds within a few millimetres of where it was)
+            left = layout.arm_slice("left")
+            wait = int(round(4.4 * hz))
+            np.testing.assert_allclose(leader[wait:wait + shift, left],
+                                       np.repeat(base_leader[wait - 1:wait, left], shift, 0),
+                                       atol=2e-3)
+            np.testing.assert_allclose(leader[wait + shift:wait + shift + 40, left],
+                                       base_leader[wait:wait + 40, left], atol=0.02)
+    assert delays[3] != delays[4]
+    draws = np.array([rig.operator._draw_delay(s) for s in range(400)])
+    assert draws.min() >= 0.0 and draws.max() <= 0.5 and abs(draws.mean() - 0.25) < 0.03
+
+
+def test_the_handover_delay_is_checked(sim_config):
+    rig = delayed_rig(sim_config, 0.0)
+    with rig:
+        rig.reset(5)
+        assert rig.operator.delay == 0.0
+    for bad in (-0.1, operator.MAX_HANDOVER_DELAY + 0.1):
+        with pytest.raises(ValueError, match="handover_delay"):
+            delayed_rig(sim_config, bad)
+    cfg = sim_config.with_(cameras=(), sim=dataclasses.replace(
+        sim_config.sim or SimConfig(), task="insertion", realtime=False, handover_delay=0.3))
+    with pytest.raises(ValueError, match="hand-over"):
+        SimRig(cfg)
+
+
+@pytest.mark.slow
+def test_transfer_cube_with_the_longest_handover_delay_still_succeeds_through_teleop(sim_config):
+    cfg = sim_config.with_(sim=dataclasses.replace(
+        sim_config.sim or SimConfig(), handover_delay=operator.MAX_HANDOVER_DELAY))
+    check_teleop_path(run_episodes(cfg, "transfer_cube", range(10)), max_failures=0)

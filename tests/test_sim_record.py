@@ -125,3 +125,25 @@ def test_aim_noise_tags_the_episodes_and_is_checked(tmp_path):
                            cwd=ROOT)
         assert r.returncode != 0 and says in r.stderr, r.stderr[-2000:]
         assert not (tmp_path / "bad").exists()
+
+
+def test_handover_delay_tags_the_episodes_and_is_checked(tmp_path):
+    """--handover-delay S records demonstrations whose hand-over waits a seeded extra time;
+    the episodes carry it as a tag, and a value out of [0, 0.6], a hardware rig or a task
+    without a hand-over is refused before the store is touched."""
+    store = tmp_path / "store"
+    cmd = [sys.executable, str(ROOT / "main.py"), "record", "--task", "transfer the cube",
+           "--episodes", "1", "--seconds", "0.2", "--stepping", "--seed", "4", "--json"]
+    r = subprocess.run([*cmd, "--rig", "sim", "--store", str(store), "--handover-delay", "0.4"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with EpisodeStore.open(store) as st:
+        [info] = st.episodes(status="complete")
+        assert {"seed:4", "handover-delay:0.4"} <= set(info.tags)
+    for rig, value, says in (("sim", "-0.1", "0 to 0.6"), ("sim", "0.7", "0 to 0.6"),
+                             ("aloha", "0.2", "hardware")):
+        r = subprocess.run([*cmd, "--rig", rig, "--store", str(tmp_path / "bad"),
+                            "--handover-delay", value], capture_output=True, text=True,
+                           timeout=120, cwd=ROOT)
+        assert r.returncode != 0 and says in r.stderr, r.stderr[-2000:]
+        assert not (tmp_path / "bad").exists()

@@ -1,5 +1,5 @@
 """`python main.py record --rig sim|CONFIG --task TEXT --episodes N [--seconds S] --store DIR
-[--stepping [--seed S]] [--aim-noise M] [--json]`: record demonstrations headless. On the sim rig the scripted
+[--stepping [--seed S]] [--aim-noise M] [--handover-delay S] [--json]`: record demonstrations headless. On the sim rig the scripted
 operator plays the leader arms (one seeded episode each), in real time or, with --stepping, one
 control period at a time with every camera frame; on hardware the leader arms drive the
 followers, with a warm-up before and a reset period after each episode."""
@@ -37,6 +37,12 @@ def register(sub) -> None:
                         "horizontal offset (std M metres per axis, from the scene seed) off the "
                         "object and corrects it on the way down, so the demonstrations show "
                         "corrections (e.g. 0.02; default: the rig config's, 0)")
+    p.add_argument("--handover-delay", type=float, default=None, metavar="S",
+                   help="sim rig, transfer cube: the scripted operator's left arm waits a random "
+                        "extra time (uniform in [0, S] seconds, from the scene seed, at most 0.6) "
+                        "before it comes in for the hand-over, so the demonstrations close the "
+                        "left gripper when the arm arrives, not at a fixed step (default: the rig "
+                        "config's, 0)")
     p.add_argument("--json", action="store_true", help="JSON lines: phases, episodes, summary")
     p.set_defaults(func=run)
 
@@ -62,6 +68,21 @@ def run(args) -> int:
         cfg = cfg.with_(sim=dataclasses.replace(cfg.sim, aim_noise=float(args.aim_noise)))
         if args.aim_noise > 0:
             args.tag = [*args.tag, f"aim-noise:{args.aim_noise:g}"]
+    if args.handover_delay is not None:
+        from drivers.sim.operator import MAX_HANDOVER_DELAY
+
+        if cfg.kind != "sim":
+            raise ValueError("--handover-delay sets the sim's scripted operator: hardware "
+                             "episodes are demonstrated by a person")
+        if not 0.0 <= args.handover_delay <= MAX_HANDOVER_DELAY:
+            raise ValueError(f"--handover-delay is the longest extra wait in seconds, 0 to "
+                             f"{MAX_HANDOVER_DELAY}: {args.handover_delay}")
+        if args.handover_delay > 0 and cfg.sim.task != "transfer_cube":
+            raise ValueError(f"--handover-delay times transfer cube's hand-over; the rig's task "
+                             f"{cfg.sim.task} has none")
+        cfg = cfg.with_(sim=dataclasses.replace(cfg.sim, handover_delay=float(args.handover_delay)))
+        if args.handover_delay > 0:
+            args.tag = [*args.tag, f"handover-delay:{args.handover_delay:g}"]
     try:
         store = EpisodeStore.open(args.store)
     except StoreError as e:

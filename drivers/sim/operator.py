@@ -20,6 +20,12 @@ show and perfectly aimed scripted ones never do: an arm off its target and the m
 brings it back, so a policy learns to read the object against the gripper instead of
 inferring the target from how the arm has moved so far.
 
+With a hand-over delay (`handover_delay`, seconds; transfer cube), the left arm waits at its
+waiting pose a random extra time, uniform in [0, handover_delay] and drawn from the episode's
+seed, before it comes in for the cube; it closes once it is there, and the right arm holds the
+cube until then. Every perfectly timed demonstration closes the left gripper at the same step,
+so a policy can learn the clock; with the delay, the closing follows the left arm's arrival.
+
 The output of `act()` is what leader arms would read: 14-d joint targets, grippers 0..1, moving as
 a person moves leader arms: every joint under 2.5 rad/s with a continuous velocity, each gripper
 opened or closed over half a second.
@@ -272,14 +278,22 @@ class ScriptedOperator:
     """Plays both leader arms through a task from whatever initial state the seed produced."""
 
     def __init__(self, model: mujoco.MjModel, task: str, control_dt: float,
-                 aim_noise: float = 0.0):
+                 aim_noise: float = 0.0, handover_delay: float = 0.0):
         if not (aim_noise >= 0.0 and np.isfinite(aim_noise)):
             raise ValueError(f"aim_noise is a standard deviation in metres, >= 0: {aim_noise}")
+        if not 0.0 <= handover_delay <= MAX_HANDOVER_DELAY:
+            raise ValueError(f"handover_delay is the longest extra wait in seconds, 0 to "
+                             f"{MAX_HANDOVER_DELAY} (the episode's 8 s hold no more): "
+                             f"{handover_delay}")
+        if handover_delay > 0 and task != "transfer_cube":
+            raise ValueError(f"handover_delay times transfer cube's hand-over; {task} has none")
         self.model = model
         self.task = task
         self.control_dt = control_dt
         self.aim_noise = float(aim_noise)
         self.aim: dict[str, np.ndarray] = {side: np.zeros(3) for side in layout.SIDES}
+        self.handover_delay = float(handover_delay)
+        self.delay = 0.0  # this episode's extra wait before the hand-over (s)
         self.index = SceneIndex.of(model)
         self.ik = {side: ArmIK(model, self.index, side) for side in layout.SIDES}
         self.scripts: dict[str, ArmScript] = {}
@@ -299,15 +313,18 @@ class ScriptedOperator:
 
     def reset(self, scene: SceneView, seed: int | None = None) -> None:
         """Plan an episode from the scene's initial state (call after the task reset). `seed`
-        draws the aiming errors (with aim_noise > 0; the same seed, the same errors)."""
+        draws the aiming errors and the hand-over delay (with aim_noise or handover_delay > 0;
+        the same seed, the same draws)."""
         start = self.start_pose()
         plans = TRANSFER_CUBE if self.task == "transfer_cube" else INSERTION
         self.aim = self._draw_aim(seed)
+        self.delay = self._draw_delay(seed)
         self.scripts = {}
         for side in layout.SIDES:
             s = layout.arm_slice(side)
             self.scripts[side] = ArmScript(
-                self.ik[side], start[s][:6], float(start[s][6]), plans[side](scene, self.aim[side])
+                self.ik[side], start[s][:6], float(start[s][6]),
+                plans[side](scene, self.aim[side], self.delay)
             )
         self.last = start
 
@@ -322,6 +339,15 @@ class ScriptedOperator:
                          2.5 * self.aim_noise)
             out[side] = np.array([xy[0], xy[1], 0.0])
         return out
+
+    def _draw_delay(self, seed: int | None) -> float:
+        """This episode's extra wait before the hand-over (0 without handover_delay), rounded
+        to whole control steps."""
+        if self.handover_delay == 0.0:
+            return 0.0
+        rng = np.random.default_rng([0x484F44, 0 if seed is None else int(seed) & 0xFFFFFFFF])
+        steps = round(rng.uniform(0.0, self.handover_delay) / self.control_dt)
+        return steps * self.control_dt
 
     def act(self, t: float, scene: SceneView) -> np.ndarray:
         """14-d leader joint targets for sim time t (seconds since the episode began)."""
@@ -347,6 +373,8 @@ RIGHT_HANDOVER = _quat(_rot(_D, (0, -1, 0)))
 LEFT_HANDOVER = _quat(_rot(-_D, np.cross(_D, (0, -1, 0))))  # head-on, closing crosswise
 GRASP_HEIGHT = 0.003  # right fingertips this far above the cube's centre: the upper half in hand
 LEFT_REACH = 0.010  # left fingertips this far past the cube's centre, towards the right gripper
+# The longest extra wait before the hand-over: the left arm then lifts the cube by 7.6 s of 8.
+MAX_HANDOVER_DELAY = 0.6
 
 
 def _cube(scene: SceneView) -> np.ndarray:
@@ -370,7 +398,7 @@ CORRECTED_BY = 1.95  # s: the aiming error is gone by then, 0.25 s before the gr
 CORRECTION_HEIGHT = 0.03  # m above the grip height
 
 
-def _transfer_right(scene: SceneView, aim: np.ndarray) -> list[Waypoint]:
+def _transfer_right(scene: SceneView, aim: np.ndarray, delay: float = 0.0) -> list[Waypoint]:
     c = _cube(scene) + aim  # the first reach aims here; the way down corrects any error
     grip = lambda sc: _cube(sc) + [0, 0, GRASP_HEIGHT]  # noqa: E731
     return [
@@ -380,9 +408,10 @@ def _transfer_right(scene: SceneView, aim: np.ndarray) -> list[Waypoint]:
         Waypoint(2.7, 0.0, resolve=lambda sc: sc.tip("right")),
         Waypoint(3.3, 0.0, resolve=lambda sc: _at(sc.tip("right").pos + [0, 0, 0.10], RIGHT_DOWN)),
         Waypoint(4.4, 0.0, _at(MEET, RIGHT_HANDOVER)),
-        Waypoint(5.7, 0.0, _at(MEET, RIGHT_HANDOVER)),
-        Waypoint(6.2, 1.0, _at(MEET, RIGHT_HANDOVER)),
-        Waypoint(7.0, 1.0, _at(MEET - 0.10 * _D, RIGHT_HANDOVER)),
+        # holds the cube until the left gripper has closed on it, then lets go and backs off
+        Waypoint(5.7 + delay, 0.0, _at(MEET, RIGHT_HANDOVER)),
+        Waypoint(6.2 + delay, 1.0, _at(MEET, RIGHT_HANDOVER)),
+        Waypoint(7.0 + delay, 1.0, _at(MEET - 0.10 * _D, RIGHT_HANDOVER)),
         Waypoint(8.0, 1.0, _at(MEET - 0.10 * _D, RIGHT_HANDOVER)),
     ]
 
@@ -391,16 +420,19 @@ def _left_grip_target(scene: SceneView) -> Pose:
     return _at(_cube(scene) + LEFT_REACH * _D, LEFT_HANDOVER)
 
 
-def _transfer_left(scene: SceneView, aim: np.ndarray) -> list[Waypoint]:
-    # its first move goes to a fixed waiting pose, not to an object: nothing to aim
+def _transfer_left(scene: SceneView, aim: np.ndarray, delay: float = 0.0) -> list[Waypoint]:
+    # its first move goes to a fixed waiting pose, not to an object: nothing to aim. It waits
+    # there `delay` s longer, then comes in, closes and lifts the cube away
     wait = MEET + 0.12 * _D
+    d = delay
     return [
         Waypoint(3.0, 1.0, _at(wait, LEFT_HANDOVER), joint=True),
-        Waypoint(4.4, 1.0, _at(wait, LEFT_HANDOVER)),
-        Waypoint(5.1, 1.0, resolve=_left_grip_target),
-        Waypoint(5.6, 0.0, resolve=lambda sc: sc.tip("left")),
-        Waypoint(6.2, 0.0, resolve=lambda sc: sc.tip("left")),
-        Waypoint(7.0, 0.0, resolve=lambda sc: _at(sc.tip("left").pos + 0.06 * _D, LEFT_HANDOVER)),
+        Waypoint(4.4 + d, 1.0, _at(wait, LEFT_HANDOVER)),
+        Waypoint(5.1 + d, 1.0, resolve=_left_grip_target),
+        Waypoint(5.6 + d, 0.0, resolve=lambda sc: sc.tip("left")),
+        Waypoint(6.2 + d, 0.0, resolve=lambda sc: sc.tip("left")),
+        Waypoint(7.0 + d, 0.0,
+                 resolve=lambda sc: _at(sc.tip("left").pos + 0.06 * _D, LEFT_HANDOVER)),
         Waypoint(8.0, 0.0, resolve=lambda sc: sc.tip("left")),
     ]
 
@@ -409,7 +441,7 @@ TRANSFER_CUBE = {"left": _transfer_left, "right": _transfer_right}
 
 
 # -- insertion ----------------------------------------------------------------------------------
-def _insertion_right(scene: SceneView, aim: np.ndarray) -> list[Waypoint]:
+def _insertion_right(scene: SceneView, aim: np.ndarray, delay: float = 0.0) -> list[Waypoint]:
     p = scene.body_pos("peg") + aim
     grip = lambda sc: sc.body_pos("peg") + [0, 0, -0.005]  # noqa: E731
     return [
@@ -425,7 +457,7 @@ def _insertion_right(scene: SceneView, aim: np.ndarray) -> list[Waypoint]:
     ]
 
 
-def _insertion_left(scene: SceneView, aim: np.ndarray) -> list[Waypoint]:
+def _insertion_left(scene: SceneView, aim: np.ndarray, delay: float = 0.0) -> list[Waypoint]:
     s = scene.body_pos("socket") + aim
     grip = lambda sc: sc.body_pos("socket") + [0, 0, -0.005]  # noqa: E731
     return [

@@ -196,7 +196,8 @@ class SimRig(Rig):
                 )
         self.cameras = {c.name: SimCamera(c) for c in config.cameras}
         self.operator = ScriptedOperator(self.model, self.task.name, self.dt,
-                                         aim_noise=self.sim.aim_noise)
+                                         aim_noise=self.sim.aim_noise,
+                                         handover_delay=self.sim.handover_delay)
         self.view = SceneView(self.model, self.data)
         self._finger_dof = {
             side: int(self.model.jnt_dofadr[list(self.model.jnt_qposadr).index(arm.finger_qpos[0])])
