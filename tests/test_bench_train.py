@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from app.core.jobs import trainer_alive
-from bench.train import AIM_NOISE, EVAL_PROCESSES, STAGES, _Ledger, _recipe, _restarts, _stage_cost
+from bench.train import (AIM_NOISE, EVAL_PROCESSES, HANDOVER_DELAY, STAGES, _Ledger, _recipe,
+                         _restarts, _stage_cost)
 from store import EpisodeStore
 from xr0.train.rundir import read_events
 
@@ -98,11 +99,13 @@ def test_a_stopped_bench_continues_where_it_left_off(tmp_path):
     ledger = json.loads((folder / "bench.json").read_text())
     assert [c["what"] for c in ledger["commands"]].count("record") == 1   # recorded once
     assert figs["demonstrations recorded"]["value"] == 3
-    # recorded with the bench's aiming error (tagged when there is one)
+    # recorded with the bench's aiming error and hand-over delay (tagged when set)
     with EpisodeStore.open(folder / "store") as st:
-        tags = [{t for t in e.tags if t.startswith("aim-noise:")}
+        tags = [{t for t in e.tags if t.startswith(("aim-noise:", "handover-delay:"))}
                 for e in st.episodes(status="complete")]
-    assert tags == [{f"aim-noise:{AIM_NOISE:g}"} if AIM_NOISE else set()] * 3, tags
+    want = ({f"aim-noise:{AIM_NOISE:g}"} if AIM_NOISE else set()) | (
+        {f"handover-delay:{HANDOVER_DELAY:g}"} if HANDOVER_DELAY else set())
+    assert tags == [want] * 3, tags
     assert [c["status"] for c in ledger["commands"] if c["what"] == "stage2"] == ["exit 3",
                                                                                  "done"]
 
