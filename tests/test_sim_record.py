@@ -106,44 +106,31 @@ def test_seed_needs_a_stepping_recording(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_aim_noise_tags_the_episodes_and_is_checked(tmp_path):
-    """--aim-noise M records demonstrations whose first reach misses and is corrected; the
-    episodes carry it as a tag, and a negative M or a hardware rig is refused before the store
-    is touched."""
+@pytest.mark.parametrize("option, value, tag, refused", [
+    # the first reach misses the cube by a seeded offset and is corrected
+    ("--aim-noise", "0.02", "aim-noise:0.02", [("sim", "-0.01", ">= 0"),
+                                               ("aloha", "0.02", "hardware")]),
+    # the hand-over waits a seeded extra time
+    ("--handover-delay", "0.4", "handover-delay:0.4", [("sim", "-0.1", "0 to 0.6"),
+                                                       ("sim", "0.7", "0 to 0.6"),
+                                                       ("aloha", "0.2", "hardware")]),
+])
+def test_the_scripted_operators_variations_tag_the_episodes_and_are_checked(
+        tmp_path, option, value, tag, refused):
+    """--aim-noise M and --handover-delay S record demonstrations that vary the scripted
+    operator's moves; the episodes carry them as tags, and a value out of range or a hardware rig
+    is refused before the store is touched."""
     store = tmp_path / "store"
     cmd = [sys.executable, str(ROOT / "main.py"), "record", "--task", "transfer the cube",
            "--episodes", "1", "--seconds", "0.2", "--stepping", "--seed", "4", "--json"]
-    r = subprocess.run([*cmd, "--rig", "sim", "--store", str(store), "--aim-noise", "0.02"],
+    r = subprocess.run([*cmd, "--rig", "sim", "--store", str(store), option, value],
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     with EpisodeStore.open(store) as st:
         [info] = st.episodes(status="complete")
-        assert {"seed:4", "aim-noise:0.02"} <= set(info.tags)
-    for rig, value, says in (("sim", "-0.01", ">= 0"), ("aloha", "0.02", "hardware")):
-        r = subprocess.run([*cmd, "--rig", rig, "--store", str(tmp_path / "bad"),
-                            "--aim-noise", value], capture_output=True, text=True, timeout=120,
-                           cwd=ROOT)
-        assert r.returncode != 0 and says in r.stderr, r.stderr[-2000:]
-        assert not (tmp_path / "bad").exists()
-
-
-def test_handover_delay_tags_the_episodes_and_is_checked(tmp_path):
-    """--handover-delay S records demonstrations whose hand-over waits a seeded extra time;
-    the episodes carry it as a tag, and a value out of [0, 0.6], a hardware rig or a task
-    without a hand-over is refused before the store is touched."""
-    store = tmp_path / "store"
-    cmd = [sys.executable, str(ROOT / "main.py"), "record", "--task", "transfer the cube",
-           "--episodes", "1", "--seconds", "0.2", "--stepping", "--seed", "4", "--json"]
-    r = subprocess.run([*cmd, "--rig", "sim", "--store", str(store), "--handover-delay", "0.4"],
-                       capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
-    with EpisodeStore.open(store) as st:
-        [info] = st.episodes(status="complete")
-        assert {"seed:4", "handover-delay:0.4"} <= set(info.tags)
-    for rig, value, says in (("sim", "-0.1", "0 to 0.6"), ("sim", "0.7", "0 to 0.6"),
-                             ("aloha", "0.2", "hardware")):
-        r = subprocess.run([*cmd, "--rig", rig, "--store", str(tmp_path / "bad"),
-                            "--handover-delay", value], capture_output=True, text=True,
-                           timeout=120, cwd=ROOT)
+        assert {"seed:4", tag} <= set(info.tags)
+    for rig, bad, says in refused:
+        r = subprocess.run([*cmd, "--rig", rig, "--store", str(tmp_path / "bad"), option, bad],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert r.returncode != 0 and says in r.stderr, r.stderr[-2000:]
         assert not (tmp_path / "bad").exists()
