@@ -12,12 +12,19 @@ right gripper began to close after opening, and the fingertip minus cube offset 
 world frame) at that step. A policy that reads the scene closes near 0 offset; one that misses
 shows whether it falls short (x), aims to a side (y) or closes too high or too early (z, step).
 
-The hand-over: the step at which the left gripper began to close (the same rule), the distance
-(cm) between the two arms' fingertips then, the step at which the right gripper began to open
+The hand-over: the step at which the left fingertip came in past x = ARRIVE_X (towards the right
+arm holding the cube out), the step at which the left gripper began to close (the same rule),
+the left fingertip's x and the distance (cm) between the two arms' fingertips then, the step at which the right gripper began to open
 again after its grasp (rising OPENING_RISE above its lowest since), and the release gap between
 the two (steps). The scripted operator lets go 41-42 steps (0.8 s) after the left gripper begins
 to close, its fingertips 1.8 cm apart; a right gripper that opens much sooner drops the cube
-before the left one holds it.
+before the left one holds it. A left gripper that closes on the clock instead of on the arm's
+arrival closes fewer steps after it comes in, and short of the cube when it comes in late.
+
+With `--store DIR` it reports the same hand-over figures for the complete episodes of a store
+(the demonstrations a policy learned from), to set a policy's against:
+
+    .venv/bin/python scripts/grasp_error.py --store stores/demo
 
 Over the episodes: the localisation gain along x and y, the slope of a least-squares line
 through (where the cube lay, where the fingertip closed). A policy that follows the cube has a
@@ -41,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 OPEN_ABOVE = 0.8     # normalised gripper opening (0 closed .. 1 open) that counts as opened
 CLOSING_DROP = 0.1   # a fall this far below the widest opening so far counts as closing
 OPENING_RISE = 0.2   # a rise this far above the lowest opening since the grasp counts as opening
+ARRIVE_X = 0.06      # m: the left fingertip past this x is coming in for the hand-over
 
 
 @functools.cache
@@ -116,11 +124,17 @@ def handover(states: np.ndarray, right_close: int | None) -> dict:
     left_close = closing_step(states[:, gripper("left")])
     right_open = None if right_close is None else opening_step(
         states[:, gripper("right")], right_close)
-    tips = None
+    tips = left_x = None
+    left_tips = fingertip_path(states, "left")
+    start = right_close or 0
+    came = np.flatnonzero(left_tips[start:, 0] >= ARRIVE_X)
     if left_close is not None:
         at = states[left_close:left_close + 1]
-        tips = float(np.linalg.norm(fingertip_path(at, "left") - fingertip_path(at, "right")) * 100)
-    return {"left_close_step": left_close, "tips_cm": tips, "right_open_step": right_open,
+        tips = float(np.linalg.norm(left_tips[left_close] - fingertip_path(at, "right")[0]) * 100)
+        left_x = float(left_tips[left_close, 0] * 100)
+    return {"left_arrive_step": start + int(came[0]) if len(came) else None,
+            "left_close_step": left_close, "left_x_cm": left_x,
+            "tips_cm": tips, "right_open_step": right_open,
             "release_gap": None if left_close is None or right_open is None
             else right_open - left_close}
 
@@ -182,11 +196,48 @@ def localisation_gain(rows: list[dict]) -> dict | None:
     return out
 
 
+def arrival_summary(handovers: list[dict]) -> str | None:
+    """Medians of when the left arm came in and when its gripper began to close."""
+    both = [h for h in handovers
+            if h["left_arrive_step"] is not None and h["left_close_step"] is not None]
+    if not both:
+        return None
+    med = lambda key: float(np.median([h[key] for h in both]))  # noqa: E731
+    lag = float(np.median([h["left_close_step"] - h["left_arrive_step"] for h in both]))
+    return (f"left fingertip past x = {ARRIVE_X * 100:.0f} cm at step {med('left_arrive_step'):.0f}, "
+            f"closing at step {med('left_close_step'):.0f} ({lag:.0f} steps later), its x then "
+            f"{med('left_x_cm'):.1f} cm, the fingertips {med('tips_cm'):.1f} cm apart (medians)")
+
+
+def store_handovers(root: str) -> list[dict]:
+    """The hand-over figures of each complete episode of a store, by episode id."""
+    from store import EpisodeStore
+
+    out = []
+    with EpisodeStore.open(root) as st:
+        for info in st.episodes(status="complete"):
+            states = np.asarray(st.episode(info.id).state, dtype=np.float64)
+            h = handover(states, closing_step(states[:, gripper("right")]))
+            out.append({"episode": info.id, "handover": h})
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("folder", help="a `main.py run --save` folder")
+    ap.add_argument("folder", nargs="?", help="a `main.py run --save` folder")
+    ap.add_argument("--store", help="instead: the hand-over of a store's complete episodes")
     ap.add_argument("--json", action="store_true", help="one JSON line per episode")
     args = ap.parse_args()
+    if (args.folder is None) == (args.store is None):
+        ap.error("give a `main.py run --save` folder or --store DIR")
+    if args.store is not None:
+        rows = store_handovers(args.store)
+        for r in rows if args.json else []:
+            print(json.dumps(r))
+        line = arrival_summary([r["handover"] for r in rows])
+        if not args.json:
+            print(f"{len(rows)} episodes: " + (line or "no hand-over"))
+        return 0
     files = sorted(Path(args.folder).glob("episode_*.npz"))
     if not files:
         print(f"no episode_*.npz in {args.folder}: save a stepping run there with "
@@ -223,6 +274,9 @@ def main() -> int:
                 print(f"hand-over, {len(group)} {name}: release gap median {np.median(gaps):.0f} "
                       f"steps (range {min(gaps)}-{max(gaps)}); fingertips apart at the left "
                       f"close median {np.median(tips):.1f} cm ({len(gaps)} let go)")
+            line = arrival_summary([r["handover"] for r in group])
+            if line:
+                print(f"hand-over, {len(group)} {name}: {line}")
     rel = [r["release"] for r in rows if r["release"] is not None]
     if rel and not args.json:
         lead = [r["step"] - r["request"] for r in rel]

@@ -140,6 +140,9 @@ def test_grasp_error_locates_the_fingertip_against_the_cube(ckpt, tmp_path):
         assert s["close_step"] is not None and float(np.linalg.norm(s["offset_cm"])) < 1.0
         h = s["handover"]   # the left closes on the cube held out to it; the right lets go later
         assert h["left_close_step"] > s["close_step"] and h["tips_cm"] < 2.5, h
+        # it comes in, then waits (the operator: 22 steps) and closes with the cube in reach
+        assert s["close_step"] < h["left_arrive_step"] <= h["left_close_step"] - 15, h
+        assert 8.0 < h["left_x_cm"] < 9.5, h
         assert h["right_open_step"] > h["left_close_step"] and 35 <= h["release_gap"] <= 50, h
         rel = s["release"]  # commanded before the gripper moves; the chunk before planned it too
         assert rel["request"] <= rel["step"] <= h["right_open_step"], rel

@@ -4,6 +4,7 @@ failure mid-episode leaves the earlier episodes complete."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from app.core.sim_record import SimRecordError, record_stepping
+from drivers.config import SimConfig
 from drivers.sim.rig import SimRig
 from store import EpisodeStore
 from store.video import VideoReader
@@ -134,3 +136,41 @@ def test_the_scripted_operators_variations_tag_the_episodes_and_are_checked(
                            capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert r.returncode != 0 and says in r.stderr, r.stderr[-2000:]
         assert not (tmp_path / "bad").exists()
+
+
+def test_grasp_error_reports_the_handover_of_a_stores_demonstrations(sim_config, tmp_path):
+    """scripts/grasp_error.py --store: the hand-over of each recorded demonstration; with
+    --handover-delay the left arm comes in and closes later by each seed's delay, and waits as
+    long between the two as on time."""
+    seeds = [3, 4]
+    for delay, name in ((0.0, "on_time"), (0.5, "delayed")):
+        cfg = sim_config.with_(cameras=(), sim=dataclasses.replace(
+            sim_config.sim or SimConfig(), task="transfer_cube", realtime=False,
+            handover_delay=delay))
+        with EpisodeStore.open(tmp_path / name) as st:
+            record_stepping(cfg, st, "transfer the cube", len(seeds), seeds=seeds)
+    rows = {}
+    for name in ("on_time", "delayed"):
+        r = subprocess.run([sys.executable, str(ROOT / "scripts/grasp_error.py"), "--store",
+                            str(tmp_path / name), "--json"], capture_output=True, text=True,
+                           timeout=120, cwd=ROOT)
+        assert r.returncode == 0, r.stderr[-3000:]
+        rows[name] = [json.loads(x)["handover"] for x in r.stdout.splitlines()]
+        assert len(rows[name]) == 2
+    with SimRig(sim_config.with_(cameras=(), sim=dataclasses.replace(
+            sim_config.sim or SimConfig(), task="transfer_cube", realtime=False,
+            handover_delay=0.5))) as rig:
+        shifts = [int(round(rig.operator._draw_delay(s) * 50)) for s in seeds]
+    for on, late, shift in zip(rows["on_time"], rows["delayed"], shifts):
+        assert on["left_close_step"] - on["left_arrive_step"] >= 15, on
+        assert abs(late["left_arrive_step"] - (on["left_arrive_step"] + shift)) <= 1, (late, on)
+        assert abs(late["left_close_step"] - (on["left_close_step"] + shift)) <= 1, (late, on)
+        assert 8.0 < late["left_x_cm"] < 9.5 and late["tips_cm"] < 2.5, late
+    text = subprocess.run([sys.executable, str(ROOT / "scripts/grasp_error.py"), "--store",
+                           str(tmp_path / "delayed")], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert text.returncode == 0 and text.stdout.startswith("2 episodes: left fingertip past")
+    both = subprocess.run([sys.executable, str(ROOT / "scripts/grasp_error.py"), "--store",
+                           str(tmp_path / "delayed"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert both.returncode == 2 and "--store" in both.stderr
