@@ -14,8 +14,8 @@ shows whether it falls short (x), aims to a side (y) or closes too high or too e
 
 The hand-over: the step at which the left fingertip came in past x = ARRIVE_X (towards the right
 arm holding the cube out), the step at which the left gripper began to close (the same rule),
-the left fingertip's x and the distance (cm) between the two arms' fingertips then, the step at which the right gripper began to open
-again after its grasp (rising OPENING_RISE above its lowest since), and the release gap between
+the left fingertip's x and the distance (cm) between the two arms' fingertips then, the step at
+which the right gripper began to open again after its grasp (rising OPENING_RISE above its lowest since), and the release gap between
 the two (steps). The scripted operator lets go 41-42 steps (0.8 s) after the left gripper begins
 to close, its fingertips 1.8 cm apart; a right gripper that opens much sooner drops the cube
 before the left one holds it. A left gripper that closes on the clock instead of on the arm's
@@ -212,7 +212,11 @@ def arrival_summary(handovers: list[dict]) -> str | None:
 def store_handovers(root: str) -> list[dict]:
     """The hand-over figures of each complete episode of a store, by episode id."""
     from store import EpisodeStore
+    from store.db import INDEX
 
+    if not (Path(root) / INDEX).is_file():   # opening would make a new, empty store there
+        raise FileNotFoundError(f"no episode store at {root} (no {INDEX}): give the folder "
+                                "`main.py record --store` wrote")
     out = []
     with EpisodeStore.open(root) as st:
         for info in st.episodes(status="complete"):
@@ -231,11 +235,16 @@ def main() -> int:
     if (args.folder is None) == (args.store is None):
         ap.error("give a `main.py run --save` folder or --store DIR")
     if args.store is not None:
-        rows = store_handovers(args.store)
-        for r in rows if args.json else []:
-            print(json.dumps(r))
-        line = arrival_summary([r["handover"] for r in rows])
-        if not args.json:
+        try:
+            rows = store_handovers(args.store)
+        except FileNotFoundError as e:
+            print(e, file=sys.stderr)
+            return 2
+        if args.json:
+            for r in rows:
+                print(json.dumps(r))
+        else:
+            line = arrival_summary([r["handover"] for r in rows])
             print(f"{len(rows)} episodes: " + (line or "no hand-over"))
         return 0
     files = sorted(Path(args.folder).glob("episode_*.npz"))

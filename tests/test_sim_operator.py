@@ -265,7 +265,7 @@ def test_the_handover_delay_is_checked(sim_config):
         rig.reset(5)
         assert rig.operator.delay == 0.0
     for bad in (-0.1, operator.MAX_HANDOVER_DELAY + 0.1):
-        with pytest.raises(ValueError, match="handover_delay"):
+        with pytest.raises(ValueError, match="hand-over delay is the longest"):
             delayed_rig(sim_config, bad)
     cfg = sim_config.with_(cameras=(), sim=dataclasses.replace(
         sim_config.sim or SimConfig(), task="insertion", realtime=False, handover_delay=0.3))

@@ -160,7 +160,8 @@ def test_grasp_error_reports_the_handover_of_a_stores_demonstrations(sim_config,
     with SimRig(sim_config.with_(cameras=(), sim=dataclasses.replace(
             sim_config.sim or SimConfig(), task="transfer_cube", realtime=False,
             handover_delay=0.5))) as rig:
-        shifts = [int(round(rig.operator._draw_delay(s) * 50)) for s in seeds]
+        shifts = [int(round(rig.operator._draw_delay(s) * rig.config.control_hz))
+                  for s in seeds]
     for on, late, shift in zip(rows["on_time"], rows["delayed"], shifts):
         assert on["left_close_step"] - on["left_arrive_step"] >= 15, on
         assert abs(late["left_arrive_step"] - (on["left_arrive_step"] + shift)) <= 1, (late, on)
@@ -174,3 +175,9 @@ def test_grasp_error_reports_the_handover_of_a_stores_demonstrations(sim_config,
                            str(tmp_path / "delayed"), str(tmp_path)], capture_output=True,
                           text=True, timeout=60, cwd=ROOT)
     assert both.returncode == 2 and "--store" in both.stderr
+    # a path that holds no store is refused, and no store is made there
+    missing = subprocess.run([sys.executable, str(ROOT / "scripts/grasp_error.py"), "--store",
+                              str(tmp_path / "typo")], capture_output=True, text=True,
+                             timeout=60, cwd=ROOT)
+    assert missing.returncode == 2 and "no episode store" in missing.stderr
+    assert not (tmp_path / "typo").exists()

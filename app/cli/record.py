@@ -69,17 +69,15 @@ def run(args) -> int:
         if args.aim_noise > 0:
             args.tag = [*args.tag, f"aim-noise:{args.aim_noise:g}"]
     if args.handover_delay is not None:
-        from drivers.sim.operator import MAX_HANDOVER_DELAY
+        from drivers.sim.operator import check_handover_delay
 
         if cfg.kind != "sim":
             raise ValueError("--handover-delay sets the sim's scripted operator: hardware "
                              "episodes are demonstrated by a person")
-        if not 0.0 <= args.handover_delay <= MAX_HANDOVER_DELAY:
-            raise ValueError(f"--handover-delay is the longest extra wait in seconds, 0 to "
-                             f"{MAX_HANDOVER_DELAY}: {args.handover_delay}")
-        if args.handover_delay > 0 and cfg.sim.task != "transfer_cube":
-            raise ValueError(f"--handover-delay times transfer cube's hand-over; the rig's task "
-                             f"{cfg.sim.task} has none")
+        try:
+            check_handover_delay(args.handover_delay, cfg.sim.task)
+        except ValueError as e:
+            raise ValueError(f"--handover-delay: {e}") from None
         cfg = cfg.with_(sim=dataclasses.replace(cfg.sim, handover_delay=float(args.handover_delay)))
         if args.handover_delay > 0:
             args.tag = [*args.tag, f"handover-delay:{args.handover_delay:g}"]

@@ -281,12 +281,7 @@ class ScriptedOperator:
                  aim_noise: float = 0.0, handover_delay: float = 0.0):
         if not (aim_noise >= 0.0 and np.isfinite(aim_noise)):
             raise ValueError(f"aim_noise is a standard deviation in metres, >= 0: {aim_noise}")
-        if not 0.0 <= handover_delay <= MAX_HANDOVER_DELAY:
-            raise ValueError(f"handover_delay is the longest extra wait in seconds, 0 to "
-                             f"{MAX_HANDOVER_DELAY} (the episode's 8 s hold no more): "
-                             f"{handover_delay}")
-        if handover_delay > 0 and task != "transfer_cube":
-            raise ValueError(f"handover_delay times transfer cube's hand-over; {task} has none")
+        check_handover_delay(handover_delay, task)
         self.model = model
         self.task = task
         self.control_dt = control_dt
@@ -375,6 +370,16 @@ GRASP_HEIGHT = 0.003  # right fingertips this far above the cube's centre: the u
 LEFT_REACH = 0.010  # left fingertips this far past the cube's centre, towards the right gripper
 # The longest extra wait before the hand-over: the left arm then lifts the cube by 7.6 s of 8.
 MAX_HANDOVER_DELAY = 0.6
+
+
+def check_handover_delay(delay: float, task: str) -> None:
+    """A ValueError unless `delay` is a hand-over delay the task's episode can hold."""
+    if not 0.0 <= delay <= MAX_HANDOVER_DELAY:
+        raise ValueError(f"the hand-over delay is the longest extra wait in seconds, 0 to "
+                         f"{MAX_HANDOVER_DELAY} (the 8 s episode holds no more): {delay}")
+    if delay > 0 and task != "transfer_cube":
+        raise ValueError(f"the hand-over delay times transfer cube's hand-over; the task {task} "
+                         f"has none")
 
 
 def _cube(scene: SceneView) -> np.ndarray:
