@@ -1,8 +1,9 @@
 """`main.py bench train --quick` end to end (real recording, real trainers, real sim evaluations),
-stopped in the middle of a stage twice (Ctrl-C on the bench; SIGTERM to its trainer alone) and
-run again on its folder: the later runs record nothing again, skip the finished stages, resume a
-cut-short one from its checkpoint and count what the earlier runs spent; a last run only reads
-back what is done."""
+stopped twice while training (Ctrl-C on the bench in the first stage; SIGTERM to the last stage's
+trainer alone) and run again on its folder: the later runs record nothing again, skip the
+finished stages, resume a cut-short one from its checkpoint and count what the earlier runs
+spent; a last run only reads back what is done. Success is measured at checkpoints through the
+training."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from app.core.jobs import trainer_alive
-from bench.train import (AIM_NOISE, EVAL_PROCESSES, HANDOVER_DELAY, STAGES, _Ledger, _recipe,
-                         _restarts, _stage_cost)
+from bench import BenchFailed
+from bench.train import (AIM_NOISE, EVAL_PROCESSES, HANDOVER_DELAY, STAGES, _elapsed_at, _Ledger,
+                         _recipe, _restarts, _stage_cost)
 from store import EpisodeStore
 from xr0.train.rundir import read_events
 
@@ -76,26 +78,27 @@ def test_a_stopped_bench_continues_where_it_left_off(tmp_path):
     folder = tmp_path / "bench"
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa"),
            "XR0_BENCH_TRAIN_DIR": str(folder)}
-    assert len(STAGES) >= 2
+    last = len(STAGES)
     # Ctrl-C in stage 1: the bench dies at once and never sees its trainer's end
     code, _, cut1 = _stop_in_stage(folder, env, 1, trainer_only=False)
     assert code != 0
-    # the trainer of stage 2 stopped alone: the bench says how to continue
-    code, err, cut2 = _stop_in_stage(folder, env, 2, trainer_only=True)
-    assert code == 3 and "stage 2" in err and f"XR0_BENCH_TRAIN_DIR={folder}" in err
-    assert len(_starts(folder / "run" / "stage1")) == 2   # stage 1 resumed and finished first
+    # the last stage's trainer stopped alone (stage 1's second attempt in a one-stage recipe):
+    # the bench says how to continue
+    code, err, cut2 = _stop_in_stage(folder, env, last, trainer_only=True)
+    assert code == 3 and f"stage {last}" in err and f"XR0_BENCH_TRAIN_DIR={folder}" in err
 
     second = subprocess.run(CMD, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-4000:]
     figs = _figures(second.stdout)
 
-    for stage, cut in ((1, cut1), (2, cut2)):
-        run = folder / "run" / f"stage{stage}"
+    cuts = {1: [cut1]}
+    cuts.setdefault(last, []).append(cut2)
+    for i in range(1, last + 1):
+        run = folder / "run" / f"stage{i}"
         s = _starts(run)
-        assert len(s) == 2 and s[1]["step"] == cut["step"]     # resumed from its checkpoint
+        # each cut attempt resumed from its checkpoint; the others ran once
+        assert [e["step"] for e in s[1:]] == [c["step"] for c in cuts.get(i, [])]
         assert [e["step"] for e in read_events(run) if e["event"] == "done"][-1] == 4
-    for i in range(3, len(STAGES) + 1):
-        assert len(_starts(folder / "run" / f"stage{i}")) == 1
     ledger = json.loads((folder / "bench.json").read_text())
     assert [c["what"] for c in ledger["commands"]].count("record") == 1   # recorded once
     assert figs["demonstrations recorded"]["value"] == 3
@@ -106,11 +109,11 @@ def test_a_stopped_bench_continues_where_it_left_off(tmp_path):
     want = ({f"aim-noise:{AIM_NOISE:g}"} if AIM_NOISE else set()) | (
         {f"handover-delay:{HANDOVER_DELAY:g}"} if HANDOVER_DELAY else set())
     assert tags == [want] * 3, tags
-    assert [c["status"] for c in ledger["commands"] if c["what"] == "stage2"] == ["exit 3",
-                                                                                 "done"]
+    assert [c["status"] for c in ledger["commands"]
+            if c["what"] == f"stage{last}"] == ["exit 3", "done"]
 
     time_fig = figs["tiny-scratch training time"]
-    # stage 1's first attempt is known only from its trainer's events; stage 2's from the ledger
+    # stage 1's first attempt is known only from its trainer's events; the other from the ledger
     assert figs["tiny-scratch training throughput"]["detail"]["interrupted_attempts"] == 1
     assert "1 attempt(s) cut short" in time_fig["anchor"]
     finished = sum(c["wall_s"] for c in ledger["commands"] if c["what"].startswith("stage"))
@@ -118,10 +121,17 @@ def test_a_stopped_bench_continues_where_it_left_off(tmp_path):
     assert figs["tiny-scratch training throughput"]["value"] > 0
     assert figs["tiny-scratch peak RSS"]["value"] > 100
     success = [f for n, f in figs.items() if n.startswith("success rate after stage")]
-    assert [f["name"] for f in success] == [f"success rate after stage '{n}'"
-                                            for n, _, _ in STAGES[-3:]]
+    # a third and two thirds of the last stage's 4 steps (rounded down to its checkpoints every
+    # 2: step 2), and the end of every stage; the goal is judged on the last one only
+    points = [(n, 4) for n, _, _ in STAGES[:-1]] + [(STAGES[-1][0], 2), (STAGES[-1][0], 4)]
+    assert [f["name"] for f in success] == [f"success rate after stage '{n}', step {k}"
+                                            for n, k in points]
     assert all(0.0 <= f["value"] <= 1.0 for f in success)
-    assert sorted(ledger["evals"]) == sorted(n for n, _, _ in STAGES[-3:])
+    assert [f["goal"].startswith(">= 0.8") for f in success] == [False] * (len(points) - 1) + [True]
+    assert sorted(ledger["evals"]) == sorted(f"{n} @ {k}" for n, k in points)
+    times = [f["detail"]["training_s"] for f in success]
+    assert times == sorted(times) and times[-1] == time_fig["value"]
+    assert success[-2]["detail"]["checkpoint"].endswith("checkpoints/step-0000002")
     # each evaluation split its 2 seeds over the cores, one process each
     assert all(r["processes"] == min(2, EVAL_PROCESSES) for r in ledger["evals"].values())
 
@@ -131,6 +141,31 @@ def test_a_stopped_bench_continues_where_it_left_off(tmp_path):
     again = _figures(third.stdout)
     for name in ("tiny-scratch training time", *(f["name"] for f in success)):
         assert again[name]["value"] == figs[name]["value"]
+
+
+def test_elapsed_at_a_checkpoint_counts_the_attempts_before_it(tmp_path):
+    out = tmp_path / "run" / "stage1"
+
+    def events(d: Path, *evs: dict) -> None:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evs))
+
+    def ckpt(t: float, step: int) -> dict:
+        return {"event": "checkpoint", "time": t, "step": step,
+                "path": str(out / "checkpoints" / f"step-{step:07d}")}
+
+    # a first attempt set aside before its first checkpoint, one cut short after step 2's, and
+    # the one that resumed from it
+    events(out.with_name("stage1.restart1"), {"event": "start", "time": 0.0},
+           {"event": "step", "time": 5.0, "step": 1})
+    events(out, {"event": "start", "time": 10.0}, ckpt(14.0, 2),
+           {"event": "step", "time": 17.0, "step": 3},
+           {"event": "start", "time": 30.0, "step": 2}, ckpt(36.0, 4),
+           {"event": "done", "time": 37.0, "step": 4})
+    assert _elapsed_at(out, 2) == 5.0 + 4.0
+    assert _elapsed_at(out, 4) == 5.0 + 7.0 + 6.0
+    with pytest.raises(BenchFailed, match="no checkpoint at step 6"):
+        _elapsed_at(out, 6)
 
 
 def test_a_bench_folder_must_be_new_a_store_or_an_earlier_bench(tmp_path):
