@@ -386,13 +386,23 @@ class XR0Policy:
 
 class XR0ChunkPolicy:
     """The runtime's ChunkPolicy over an XR0Policy: infer(obs, prefix) and infer_guided. The
-    instruction is the observation's, else the one given here."""
+    instruction is the observation's, else the one given here. Each chunk is sampled from fresh
+    flow-matching noise; after reseed(S) the noise of the calls that follow is drawn from S, so a
+    deterministic episode (the sim in stepping mode) can be replayed exactly."""
 
     def __init__(self, policy: XR0Policy, instruction: str = ""):
         self.policy = policy
         self.instruction = instruction
         self.chunk_length = policy.chunk_length
         self.supports_prefix = policy.supports_prefix
+        self._noise: np.random.Generator | None = None
+
+    def reseed(self, seed: int | None) -> None:
+        """Draw the noise of the following calls from `seed` (None: fresh from the OS again)."""
+        self._noise = None if seed is None else np.random.default_rng(seed)
+
+    def _seed(self) -> int | None:
+        return None if self._noise is None else int(self._noise.integers(2 ** 63))
 
     def _instruction(self, obs: Observation) -> str:
         text = obs.instruction or self.instruction
@@ -403,12 +413,12 @@ class XR0ChunkPolicy:
 
     def infer(self, obs: Observation, prefix: np.ndarray | None) -> np.ndarray:
         return self.policy.infer(obs.images, obs.state, self._instruction(obs),
-                                 prefix if self.supports_prefix else None)
+                                 prefix if self.supports_prefix else None, seed=self._seed())
 
     def infer_guided(self, obs: Observation, prev_chunk: np.ndarray, weights: np.ndarray,
                      beta: float) -> np.ndarray:
         obs = Observation(obs.step, obs.t, obs.state, obs.images, self._instruction(obs), obs.extra)
-        return self.policy.infer_guided(obs, prev_chunk, weights, beta)
+        return self.policy.infer_guided(obs, prev_chunk, weights, beta, seed=self._seed())
 
 
 __all__ = ["NormStatsSpace", "OfficialSpace", "PolicyInputError", "XR0ChunkPolicy", "XR0Policy",

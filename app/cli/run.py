@@ -3,9 +3,9 @@
 [--save DIR] [--json]`: run a chunk policy on the rig through the asynchronous runtime.
 On a hardware rig (or the sim with --realtime) add `[--seconds S] [--store DIR] [--yes]`.
 
-On the sim rig the episodes run in stepping mode (the scene and the injected delay are
-deterministic given the seed: the delay is counted in control steps, milliseconds rounded up; a
-model samples each chunk from fresh flow-matching noise) and each reports success, completion time,
+On the sim rig the episodes run in stepping mode (deterministic given the seed: the delay is
+counted in control steps, milliseconds rounded up, and an in-process model's flow-matching noise
+is drawn from the episode's seed; a policy server's noise is fresh) and each reports success, completion time,
 inference latency p50/p95, boundary discontinuity (|action at a chunk switch - action before| /
 median within-chunk step) and RMS jerk of the commanded trajectory. `--policy scripted` is the
 sim's scripted operator planning chunks ahead (no model needed); a checkpoint folder is an XR0

@@ -186,6 +186,8 @@ def run_sim_episode(rig, strategy: str, seed: int, delay_steps: int | str = 0,
     src = AutonomySource(rig, rt, instruction=instruction, time_base="sim", extra=extra)
     if extra is None:
         warm_up(policy, src._observe(0, rig.read()))
+    if hasattr(policy, "reseed"):   # the model's sampling noise follows the episode's seed too
+        policy.reseed(seed)
     steps = int(round(rig.sim.episode_seconds * rig.config.control_hz))
     done_at: list[float] = []
     flags = Flag.NONE
