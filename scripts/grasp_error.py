@@ -15,8 +15,8 @@ shows whether it falls short (x), aims to a side (y) or closes too high or too e
 The hand-over: the step at which the left fingertip came in past x = ARRIVE_X (towards the right
 arm holding the cube out), the step at which the left gripper began to close (the same rule),
 the left fingertip's x and the distance (cm) between the two arms' fingertips then, the step at
-which the right gripper began to open again after its grasp (rising OPENING_RISE above its lowest since), and the release gap between
-the two (steps). The scripted operator lets go 41-42 steps (0.8 s) after the left gripper begins
+which the right gripper began to open again after its grasp (rising OPENING_RISE above its
+lowest since), and the release gap between the two (steps). The scripted operator lets go 41-42 steps (0.8 s) after the left gripper begins
 to close, its fingertips 1.8 cm apart; a right gripper that opens much sooner drops the cube
 before the left one holds it. A left gripper that closes on the clock instead of on the arm's
 arrival closes fewer steps after it comes in, and short of the cube when it comes in late.
