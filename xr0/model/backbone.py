@@ -76,7 +76,8 @@ def prefill(vlm: Qwen3VLForConditionalGeneration, inputs: BackboneInputs, first_
             image_grid_thw=inputs.image_grid_thw,
             use_cache=True,
         )
-    layers = out.past_key_values.layers[first_layer:]
+    # transformers renamed the output's past_key_values to cache (the old name warns)
+    layers = (out["cache"] if "cache" in out else out.past_key_values).layers[first_layer:]
     valid = inputs.attention_mask.bool()
     if slots is not None:
         valid = valid & ~slots
