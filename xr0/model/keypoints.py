@@ -54,9 +54,17 @@ class SpatialKeypoints(nn.Module):
             nn.Conv2d(widths[0], widths[1], 3, stride=2, padding=1), nn.GELU(),
             nn.Conv2d(widths[1], num_keypoints, 1),
         )
-        self.log_temperature = nn.Parameter(torch.zeros(()))
+        # shape (1,), not a scalar: FSDP shards no 0-dim parameter
+        self.log_temperature = nn.Parameter(torch.zeros(1))
         self.embed = nn.Sequential(nn.Linear(2 * num_keypoints, out), nn.GELU(), nn.Linear(out, out))
         self.last_keypoints: torch.Tensor | None = None  # (N_frames, K, 2), detached, for views
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the temperature was a 1-vector hold it as a scalar
+        key = prefix + "log_temperature"
+        if key in state_dict and state_dict[key].ndim == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def keypoints(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) frames -> (N, K, 2) expected (x, y) in [-1, 1] (-1 the left or top
