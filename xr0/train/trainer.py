@@ -253,15 +253,20 @@ class Trainer:
         if cfg.gradient_checkpointing and self.info.device.type == "cuda":
             self.model.vlm.model.visual.gradient_checkpointing_enable()
         self.objective = _FlowLoss(self.model, cfg, chunk)
-        groups = self.objective.optimizer_groups(cfg.weight_decay)
+        sharded = self.strategy == "fsdp" and self.info.distributed
+        if sharded and cfg.trainable != "all":
+            raise TrainError(f"--strategy fsdp shards the full fine-tune; the {cfg.preset!r} "
+                             f"preset trains {cfg.trainable!r} weights: use --strategy ddp")
         self.loss_module = distributed.wrap(self.objective, self.info, self.strategy)
+        # after wrapping: FSDP replaces each parameter by its shard
+        groups = self.objective.optimizer_groups(cfg.weight_decay)
         fused = self.info.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: learning_rate(cfg, s) / cfg.lr)
         self.ema = None
         if cfg.ema_decay > 0:
-            if self.strategy == "fsdp" and self.info.world_size > 1:
+            if sharded:
                 raise TrainError("--ema averages whole parameters; FSDP shards them: train "
                                  "without --ema under --strategy fsdp")
             self.ema = EMA(self.model, cfg.ema_decay)
@@ -341,7 +346,7 @@ class Trainer:
         the weights the checkpoints carry."""
         if self.val_ds is None:
             return {}
-        with self._deployed_weights():
+        with self._deployed_weights(), distributed.gathered(self.loss_module):
             return self._validate()
 
     def _validate(self) -> dict:
@@ -463,12 +468,15 @@ class Trainer:
         from xr0.model import save_checkpoint
 
         with self._deployed_weights():
-            state = merged_state_dict(self.model,
-                                      distributed.full_state_dict(self.model, self.info))
+            whole = distributed.full_state(self.objective)   # model.*, heads.*
             if self.ema is not None:   # a state dict shares the parameters' storage
-                state = {k: v.detach().clone() for k, v in state.items()}
+                whole = {k: v.detach().clone() for k, v in whole.items()}
+        part = lambda prefix: {k[len(prefix):]: v for k, v in whole.items()  # noqa: E731
+                               if k.startswith(prefix)}
+        state = merged_state_dict(self.model, part("model."))
         training = {
-            "step": self.step, "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "optimizer": distributed.optimizer_state(self.loss_module, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                     "python": random.getstate(),
@@ -479,9 +487,7 @@ class Trainer:
             "raw": ({k: v.detach().cpu().clone() for k, v in self.model.named_parameters()
                      if v.requires_grad} if self.ema is not None else None),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "choice_heads": ({k: v.detach().cpu() for k, v in
-                              self.objective.heads.state_dict().items()}
-                             if self.objective.heads is not None else None),
+            "choice_heads": part("heads.") if self.objective.heads is not None else None,
         }
         path = None
         if self.info.is_main:
@@ -509,12 +515,11 @@ class Trainer:
 
         training = torch.load(ckpt / TRAINING_STATE, map_location="cpu", weights_only=False)
         if training.get("trainable") is not None:
-            self.model.load_state_dict(training["trainable"], strict=False)
+            distributed.load_full_state(self.model, training["trainable"])
         else:
-            weights = load_file(str(ckpt / "model.safetensors"))
-            self.model.load_state_dict(weights, strict=False)
+            distributed.load_full_state(self.model, load_file(str(ckpt / "model.safetensors")))
         if training.get("raw") is not None:
-            self.model.load_state_dict(training["raw"], strict=False)
+            distributed.load_full_state(self.model, training["raw"])
         if self.ema is not None:
             if training.get("ema") is None:
                 raise TrainError(f"{ckpt} holds no moving average to resume --ema from")
@@ -523,8 +528,8 @@ class Trainer:
             if training.get("choice_heads") is None:
                 raise TrainError(f"{ckpt} holds no Choice Policies heads to resume "
                                  "--choice-weight from: resume with the run's own settings")
-            self.objective.heads.load_state_dict(training["choice_heads"])
-        self.optimizer.load_state_dict(training["optimizer"])
+            distributed.load_full_state(self.objective.heads, training["choice_heads"])
+        distributed.load_optimizer_state(self.loss_module, self.optimizer, training["optimizer"])
         self.scheduler.load_state_dict(training["scheduler"])
         self.step = int(training["step"])
         rng = training["rng"]
