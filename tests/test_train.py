@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from store import EpisodeStore
 from xr0.data.synthetic import RIG_JOINT_NAMES, write_episode
-from xr0.model import XR0Processor, load_checkpoint, load_tokenizer, preset
+from xr0.model import XR0Model, XR0Processor, load_checkpoint, load_tokenizer, preset
 from xr0.train.augment import augment, center_crop, random_crop
 from xr0.train.config import learning_rate, paper_image_size, train_preset
 from xr0.train.inputs import InputBuilder
@@ -187,6 +187,38 @@ def test_lora_preset_saves_merged_official_names(store_dir, tmp_path):
     model, mcfg, _, stats = load_checkpoint(RunDir(tmp_path / "lora").last_checkpoint())
     assert stats["chunk"] == 10
     assert not any("lora" in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize("preset_name", ["lora", "frozen-backbone"])
+def test_bf16_holds_a_frozen_backbone_in_bf16_and_trains_the_rest_in_fp32(store_dir, tmp_path,
+                                                                         preset_name):
+    """--precision bf16 (the default on CUDA; here on the CPU's bf16 autocast): the frozen
+    backbone's weights are bf16, what trains is fp32 and moves, and the checkpoint loads."""
+    cfg = train_preset(preset_name, base="xr0-tiny", steps=2, batch=2, micro_batch=2,
+                       num_workers=0, val_every=100, checkpoint_every=100, val_episodes=1,
+                       image_size=(96, 128), cameras=("top", "left_wrist"), chunk=10, lr=1e-2,
+                       warmup_steps=0, model_changes={}, precision="bf16")
+    trainer = Trainer(cfg, store_dir, tmp_path / "run", episodes="1-4")
+    assert trainer.run() == EXIT_DONE
+    params = dict(trainer.model.named_parameters())
+    frozen = {n: p for n, p in params.items() if not p.requires_grad}
+    trained = {n: p for n, p in params.items() if p.requires_grad}
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen.values())
+    assert trained and all(p.dtype == torch.float32 for p in trained.values())
+    assert all(n.startswith("vlm.") for n in frozen)
+    steps = [e for e in read_events(tmp_path / "run") if e["event"] == "step"]
+    assert all(np.isfinite(e["loss"]) for e in steps)
+    model, *_ = load_checkpoint(RunDir(tmp_path / "run").last_checkpoint())
+    assert not any("lora" in k for k in model.state_dict())
+    torch.manual_seed(cfg.seed)
+    initial = XR0Model.from_config(preset("xr0-tiny")).state_dict()
+    saved = model.state_dict()
+    dit = [k for k in saved if k.startswith("dit.")]
+    assert dit and max((saved[k] - initial[k]).abs().max().item() for k in dit) > 1e-4
+    # a full fine-tune keeps every weight fp32 (its frozen token embeddings too)
+    full = Trainer(tiny(precision="bf16"), store_dir, tmp_path / "full", episodes="1-4")
+    full.setup()
+    assert all(p.dtype == torch.float32 for p in full.model.parameters())
 
 
 def test_bad_input_is_refused_before_the_run(store_dir, tmp_path):

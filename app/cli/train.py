@@ -76,6 +76,9 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, help="data loader processes")
     p.add_argument("--seed", type=int, help="seed of the run")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"),
+                   help="bf16: bf16 autocast, and a frozen backbone's weights (frozen-backbone, "
+                        "lora) held in bf16; auto (default): bf16 on CUDA, fp32 on the CPU")
     p.add_argument("--strategy", default="ddp", choices=("ddp", "fsdp"), help="under torchrun")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its "
                    "last checkpoint (its config; --steps may extend it)")
@@ -95,7 +98,7 @@ def _config(args):
                        ("state_noise", "state_noise"), ("crop_scale", "crop_scale"),
                        ("ema", "ema_decay"), ("frame_lag", "frame_lag"),
                        ("frame_lag_p", "frame_lag_p"), ("choice_weight", "choice_weight"),
-                       ("chunk", "chunk"),
+                       ("chunk", "chunk"), ("precision", "precision"),
                        ("workers", "num_workers"), ("seed", "seed"), ("base", "base")):
         if getattr(args, arg) is not None:
             changes[field] = getattr(args, arg)

@@ -2,9 +2,10 @@
 
 The defaults follow the paper's post-training recipe (reference section 8): AdamW with betas
 (0.9, 0.95) and weight decay 0.1, a cosine schedule with a linear warm-up from a floor and the
-same floor at the end, gradient clipping at 1.0, bf16 autocast on CUDA, random crop 0.95 and
-colour jitter, asynchronous post-training with sampled clean prefixes, k_draws = 4 noise draws
-per backbone pass, per-sample loss weights from a no-grad 5-step generation.
+same floor at the end, gradient clipping at 1.0, bf16 autocast on CUDA (a frozen backbone held
+in bf16), random crop 0.95 and colour jitter, asynchronous post-training with sampled clean
+prefixes, k_draws = 4 noise draws per backbone pass, per-sample loss weights from a no-grad
+5-step generation.
 
 What trains, per preset:
     full             the whole model except the input token embeddings
@@ -96,6 +97,10 @@ class TrainConfig:
     lora_rank: int = 16
     lora_alpha: int = 32
     gradient_checkpointing: bool = True   # on the vision tower (CUDA runs)
+    # "bf16": bf16 autocast, and with the backbone frozen (frozen-backbone, lora) its weights
+    # held in bf16, as the released checkpoints store them (the 4.7B LoRA run then fits a 24 GB
+    # GPU); "fp32": neither; "auto": bf16 on CUDA, fp32 on the CPU
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
 
     def __post_init__(self) -> None:
         if self.trainable not in ("all", "dit", "lora"):
@@ -128,6 +133,8 @@ class TrainConfig:
         if self.choice_weight > 0 and self.trainable == "dit":
             raise ValueError("--choice-weight trains the backbone, which this preset freezes: use "
                              "it with --preset full, lora or tiny-scratch")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if not 0.5 <= self.crop_scale <= 1.0:
             raise ValueError(f"--crop-scale must be in [0.5, 1], got {self.crop_scale}")
 

@@ -250,6 +250,12 @@ class Trainer:
         model = model.to(self.info.device)
         restore_rotary_buffers(model)
         self.model = apply_trainable(model, cfg)
+        if self.bf16 and cfg.trainable != "all":
+            # the frozen backbone in bf16 (autocast computes in bf16 anyway): half its memory;
+            # what trains (the action expert, LoRA adapters) stays fp32 for AdamW
+            for p in self.model.parameters():
+                if not p.requires_grad:
+                    p.data = p.data.to(torch.bfloat16)
         if cfg.gradient_checkpointing and self.info.device.type == "cuda":
             self.model.vlm.model.visual.gradient_checkpointing_enable()
         self.objective = _FlowLoss(self.model, cfg, chunk)
@@ -300,10 +306,13 @@ class Trainer:
         mask = torch.from_numpy(self.layout.mask)[None, None] & ~batch["action_pad"][..., None]
         return inputs.to(dev), state, actions, mask.float().to(dev)
 
+    @property
+    def bf16(self) -> bool:
+        p = self.cfg.precision
+        return p == "bf16" or (p == "auto" and self.info.device.type == "cuda")
+
     def _autocast(self):
-        on_cuda = self.info.device.type == "cuda"
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda) if on_cuda else \
-            torch.autocast("cpu", enabled=False)
+        return torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -443,7 +452,8 @@ class Trainer:
                 rate = (self.step - s0) * cfg.batch / max(time.monotonic() - t0, 1e-9)
                 self.emit({"event": "step", "step": self.step, "steps": cfg.steps, **parts,
                            "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate,
-                           "eta_s": (cfg.steps - self.step) * cfg.batch / max(rate, 1e-9)})
+                           "eta_s": (cfg.steps - self.step) * cfg.batch / max(rate, 1e-9),
+                           **self._memory()})
             cancelled = distributed.broadcast_flag(self.info, self.cancel_requested)
             if self.step % cfg.val_every == 0 or self.step == cfg.steps:
                 val = self.validate()
@@ -460,6 +470,13 @@ class Trainer:
                        "checkpoint": str(last_ckpt) if last_ckpt else None,
                        **({"resume": "continue with --resume"} if cancelled else {})})
         return status, EXIT_CANCELLED if cancelled else EXIT_DONE
+
+    def _memory(self) -> dict:
+        """On CUDA, the peak memory the run's tensors have held on this process's device."""
+        dev = self.info.device
+        if dev.type != "cuda":
+            return {}
+        return {"peak_gpu_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30}
 
     # -- checkpoints -----------------------------------------------------------------------------
 
