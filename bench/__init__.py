@@ -27,7 +27,11 @@ BENCHES: dict[str, tuple[str, str]] = {
     "serve": ("bench.serve", "policy server transport on localhost: RemotePolicy round trip "
               "minus server inference (p50/p95) and bytes per request at 2 x 224x224"),
     "train": ("bench.train", "scripted sim demos of transfer cube, xr0-tiny trained from scratch on "
-              "the CPU: samples/s, peak RSS, success on unseen seeded episodes vs training time"),
+              "the CPU: samples/s, peak RSS, success on unseen seeded episodes vs training time; then "
+              "train-gpu's figures"),
+    "train-gpu": ("bench.train_gpu", "xr0-4.7b presets (lora, frozen-backbone, full; full under "
+                  "FSDP over several GPUs) fine-tuned on a CUDA device: samples/s and peak GPU "
+                  "memory"),
     "app": ("bench.app", "the desktop app's event-loop latency (p50/p99/max) idle, recording, "
             "recording + fine-tuning, autonomy + fine-tuning; live plot refresh rate; E-STOP "
             "press to stop applied"),

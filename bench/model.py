@@ -82,6 +82,40 @@ def tiny_latency(quick: bool) -> Iterator[Figure]:
     yield from _figures("tiny", t, 50.0, "p50 <= 50 ms on 2 CPU threads", ANCHOR_TINY, detail)
 
 
+def big_config(name: str = "xr0-4.7b"):
+    """The preset's shapes with the tiny tokenizer's special-token ids (same sequence lengths;
+    the official vocabulary is not available offline), three views at 256x320."""
+    from xr0.model.config import TINY_SPECIAL_IDS, preset
+
+    base = preset(name)
+    vlm = {**base.vlm_config, "image_token_id": TINY_SPECIAL_IDS["<|image_pad|>"],
+           "video_token_id": TINY_SPECIAL_IDS["<|video_pad|>"],
+           "vision_start_token_id": TINY_SPECIAL_IDS["<|vision_start|>"],
+           "vision_end_token_id": TINY_SPECIAL_IDS["<|vision_end|>"]}
+    return base.replace(vlm_config=vlm, image_size=(256, 320),
+                        view_labels=("Ego View", "Left-Wrist View", "Right-Wrist View"))
+
+
+def random_model(cfg, device: torch.device, seed: int = 0):
+    """The model of `cfg` in fp32 on `device` with random weights (N(0, 0.02); norms 1, biases
+    0), built without a CPU copy first."""
+    from xr0.model.xr0 import XR0Model
+
+    with torch.device("meta"):
+        model = XR0Model.from_config(cfg)
+    model = model.to_empty(device=device)
+    if cfg.vlm_config.get("tie_word_embeddings", False):
+        model.vlm.lm_head.weight = model.vlm.model.language_model.embed_tokens.weight
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and ("norm" in name or name.endswith("bias")):
+                p.fill_(1.0 if "norm" in name else 0.0)
+            else:
+                p.normal_(0.0, 0.02, generator=g)
+    return model
+
+
 def big_latency(quick: bool) -> Iterator[Figure]:
     if not torch.cuda.is_available():
         yield Figure("model", "4.7b.latency_p50", None, "ms", "<= 40 ms end to end on an H100",
@@ -90,32 +124,12 @@ def big_latency(quick: bool) -> Iterator[Figure]:
         return
     from xr0.data.layout import ActionLayout
     from xr0.model.backbone import restore_rotary_buffers
-    from xr0.model.config import TINY_SPECIAL_IDS, preset
     from xr0.model.tokenizer import load_tokenizer
-    from xr0.model.xr0 import XR0Model
     from xr0.policy import NormStatsSpace, XR0Policy
 
-    base = preset("xr0-4.7b")
-    # The 4.7B shapes with the tiny tokenizer's special-token ids (same sequence lengths; the
-    # official vocabulary is not available offline).
-    vlm = {**base.vlm_config, "image_token_id": TINY_SPECIAL_IDS["<|image_pad|>"],
-           "video_token_id": TINY_SPECIAL_IDS["<|video_pad|>"],
-           "vision_start_token_id": TINY_SPECIAL_IDS["<|vision_start|>"],
-           "vision_end_token_id": TINY_SPECIAL_IDS["<|vision_end|>"]}
-    cfg = base.replace(vlm_config=vlm, image_size=(256, 320))
+    cfg = big_config()
     device = torch.device("cuda")
-    with torch.device("meta"):
-        model = XR0Model.from_config(cfg)
-    model = model.to_empty(device=device)
-    model.vlm.lm_head.weight = model.vlm.model.language_model.embed_tokens.weight
-    g = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1 and ("norm" in name or name.endswith("bias")):
-                p.fill_(1.0 if "norm" in name else 0.0)
-            else:
-                p.normal_(0.0, 0.02, generator=g)
-    model = model.to(torch.bfloat16).eval()
+    model = random_model(cfg, device).to(torch.bfloat16).eval()
     restore_rotary_buffers(model)
     ns = _stats(cfg.action_length)
     space = NormStatsSpace(ns, ActionLayout.from_joint_names(ns.joint_names), cfg.action_length)

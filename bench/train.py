@@ -53,15 +53,17 @@ class CommandFailed(BenchFailed):
         self.code, self.events, self.wall, self.cpu, self.rss = code, events, wall, cpu, rss
 
 
-def _run(args: list[str], timeout: float, threads: int = 1
+def _run(args: list[str], timeout: float, threads: int = 1, launcher: tuple[str, ...] = ()
          ) -> tuple[list[dict], float, float, float]:
-    """Run `main.py ARGS --json` with `threads` compute threads: (events, wall seconds, CPU
-    seconds, peak RSS in MiB); a failure raises CommandFailed."""
+    """Run `main.py ARGS --json` (after `python LAUNCHER...`, e.g. `-m torch.distributed.run
+    ...`) with `threads` compute threads: (events, wall seconds, CPU seconds, peak RSS in MiB);
+    a failure raises CommandFailed."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa")}
     t0 = time.monotonic()
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args, "--json"],
+        proc = subprocess.Popen([sys.executable, *launcher, str(ROOT / "main.py"), *args,
+                                 "--json"],
                                 stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT, env=env)
         lines = []
         deadline = t0 + timeout
@@ -361,9 +363,12 @@ def _evaluate(ledger: _Ledger, name: str, checkpoint: str, episodes: int) -> dic
 
 
 def run(quick: bool = False) -> Iterator[Figure]:
+    from bench import train_gpu
+
     keep = os.environ.get("XR0_BENCH_TRAIN_DIR")  # keep the store and runs there
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         yield from _bench(Path(keep) if keep else Path(tmp) / "bench", quick)
+    yield from train_gpu.run(quick)     # the xr0-4.7b presets, where a GPU is present
 
 
 def _bench(folder: Path, quick: bool) -> Iterator[Figure]:

@@ -120,6 +120,10 @@ def test_a_stopped_bench_continues_where_it_left_off(tmp_path):
     assert time_fig["value"] > finished        # the cut-short attempt is counted too
     assert figs["tiny-scratch training throughput"]["value"] > 0
     assert figs["tiny-scratch peak RSS"]["value"] > 100
+    # the xr0-4.7b presets follow; without a GPU each says it was not measured
+    for preset in ("lora", "frozen-backbone", "full"):
+        big = figs[f"xr0-4.7b {preset} training throughput"]
+        assert big["value"] is None and "no CUDA device" in big["detail"]["not_measured"]
     success = [f for n, f in figs.items() if n.startswith("success rate after stage")]
     # a third and two thirds of the last stage's 4 steps (rounded down to its checkpoints every
     # 2: step 2), and the end of every stage; the goal is judged on the last one only
