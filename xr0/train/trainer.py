@@ -247,15 +247,16 @@ class Trainer:
                                      stats=stats) if val_ids else None
         self.train_ids, self.val_ids = train_ids, val_ids
 
-        model = model.to(self.info.device)
-        restore_rotary_buffers(model)
-        self.model = apply_trainable(model, cfg)
+        model = apply_trainable(model, cfg)
         if self.bf16 and cfg.trainable != "all":
             # the frozen backbone in bf16 (autocast computes in bf16 anyway): half its memory;
-            # what trains (the action expert, LoRA adapters) stays fp32 for AdamW
-            for p in self.model.parameters():
+            # what trains (the action expert, LoRA adapters) stays fp32 for AdamW. Cast before
+            # the move, so the device never holds the fp32 backbone.
+            for p in model.parameters():
                 if not p.requires_grad:
                     p.data = p.data.to(torch.bfloat16)
+        self.model = model.to(self.info.device)
+        restore_rotary_buffers(self.model)
         if cfg.gradient_checkpointing and self.info.device.type == "cuda":
             self.model.vlm.model.visual.gradient_checkpointing_enable()
         self.objective = _FlowLoss(self.model, cfg, chunk)
