@@ -33,18 +33,44 @@ TASK = "transfer the cube"
 def run(quick: bool = False) -> Iterator[Figure]:
     import torch
 
+    from bench.model import big_config
+
     if not torch.cuda.is_available():
+        counts = state_sizes(big_config())
         for preset in PRESETS:
             yield Figure("train", f"xr0-4.7b {preset} training throughput", None, "samples/s",
                          anchor="one micro-batch of the preset per GPU, bf16 autocast",
                          detail={"not_measured": "no CUDA device present; run `python main.py "
-                                                 "bench train-gpu` on a GPU machine"})
+                                                 "bench train-gpu` on a GPU machine",
+                                 **counts[preset]})
         return
-    from bench.model import big_config
 
     with tempfile.TemporaryDirectory(prefix="bench-train-gpu-") as tmp:
         yield from run_presets(big_config(), "xr0-4.7b", "cuda", Path(tmp), steps=6 if quick else 12,
                                processes=torch.cuda.device_count(), quick=quick)
+
+
+def state_sizes(cfg, presets: Sequence[str] = PRESETS) -> dict[str, dict]:
+    """Per preset, the parameters it trains (counted on a meta-device build, as the trainer
+    selects them) and what its weights, gradients and AdamW moments occupy at bf16 precision
+    (a frozen backbone in bf16; what trains in fp32 with an fp32 gradient and two fp32 moments):
+    arithmetic on counted parameters, before activations, for one process."""
+    import torch
+
+    from xr0.model.xr0 import XR0Model
+    from xr0.train.config import train_preset
+    from xr0.train.model_setup import apply_trainable
+
+    out = {}
+    for preset in presets:
+        with torch.device("meta"):
+            model = apply_trainable(XR0Model.from_config(cfg), train_preset(preset))
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        frozen_bytes = frozen * (4 if train_preset(preset).trainable == "all" else 2)
+        out[preset] = {"parameters": trained + frozen, "trainable_parameters": trained,
+                       "weights_grads_adam_gib": round((trained * 16 + frozen_bytes) / 2**30, 1)}
+    return out
 
 
 def write_store(folder: Path, size: tuple[int, int], episodes: int, steps: int) -> Path:

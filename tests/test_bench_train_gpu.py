@@ -40,6 +40,14 @@ def test_without_a_gpu_each_preset_says_it_was_not_measured():
     assert [f.name for f in figs] == [f"xr0-4.7b {p} training throughput"
                                       for p in ("lora", "frozen-backbone", "full")]
     assert all(f.value is None and "no CUDA device" in f.detail["not_measured"] for f in figs)
+    # what each preset trains and holds, counted on the 4.7B shapes
+    lora, frozen, full = (f.detail for f in figs)
+    assert frozen["trainable_parameters"] < lora["trainable_parameters"] < \
+        full["trainable_parameters"] < full["parameters"]
+    assert 4.5e9 < full["parameters"] < 5e9
+    # the LoRA run's weights, gradients and AdamW moments leave room on a 24 GB GPU; the full
+    # fine-tune's need FSDP
+    assert lora["weights_grads_adam_gib"] < 16 < 60 < full["weights_grads_adam_gib"]
 
 
 def test_throughput_counts_the_steps_after_the_warm_up():
