@@ -11,7 +11,9 @@ What trains, per preset:
     full             the whole model except the input token embeddings
     frozen-backbone  the action expert only (sink, projectors, timestep MLPs, DiT layers)
     lora             LoRA adapters (peft) on the Qwen3-VL text attention and MLP projections,
-                     plus the whole action expert; fits a 24 GB GPU for the 4.7B model
+                     plus the whole action expert; sized for a 24 GB GPU with the 4.7B
+                     model (its weights, gradients and AdamW moments count 12.9 GiB with the
+                     backbone in bf16; `main.py bench train-gpu` measures the run)
     tiny-scratch     xr0-tiny built from its preset, every parameter but the token embeddings,
                      two cameras at 96x128, sized to train the sim task on a CPU
 """
@@ -98,8 +100,8 @@ class TrainConfig:
     lora_alpha: int = 32
     gradient_checkpointing: bool = True   # on the vision tower (CUDA runs)
     # "bf16": bf16 autocast, and with the backbone frozen (frozen-backbone, lora) its weights
-    # held in bf16, as the released checkpoints store them (the 4.7B LoRA run then fits a 24 GB
-    # GPU); "fp32": neither; "auto": bf16 on CUDA, fp32 on the CPU
+    # held in bf16, as the released checkpoints store them (half the 4.7B backbone's 16.5 GiB of
+    # fp32 weights); "fp32": neither; "auto": bf16 on CUDA, fp32 on the CPU
     precision: Literal["auto", "bf16", "fp32"] = "auto"
 
     def __post_init__(self) -> None:
