@@ -31,3 +31,21 @@ def sim_config():
     cfg = load_rig_config("sim")
     cams = tuple(dataclasses.replace(c, width=240, height=180, fps=15) for c in cfg.cameras)
     return cfg.with_(cameras=cams)
+
+
+@pytest.fixture(scope="session")
+def make_store(tmp_path_factory):
+    """make_store(name, episodes, steps) -> a fresh store of synthetic transfer-cube episodes
+    (seeds 0, 1, ...) with two 128x96 cameras at 25 fps, real videos and step columns."""
+    from store import EpisodeStore
+    from xr0.data.synthetic import write_episode
+
+    def make(name: str, episodes: int, steps: int):
+        root = tmp_path_factory.mktemp(name) / "store"
+        with EpisodeStore.open(root) as st:
+            for i in range(episodes):
+                write_episode(st, steps=steps, seed=i, task="transfer the cube",
+                              cameras={"top": (128, 96, 25.0), "left_wrist": (128, 96, 25.0)})
+        return root
+
+    return make

@@ -8,8 +8,6 @@ import time
 import pytest
 
 from app.core.jobs import TrainingJob, find_runs
-from store import EpisodeStore
-from xr0.data.synthetic import write_episode
 from xr0.model import load_checkpoint
 from xr0.train.rundir import RunDir
 
@@ -20,13 +18,8 @@ ARGS = ["--micro-batch", "2", "--workers", "0", "--checkpoint-every", "1000", "-
 
 
 @pytest.fixture(scope="module")
-def store_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("jobs_store") / "store"
-    with EpisodeStore.open(root) as st:
-        for i in range(3):
-            write_episode(st, steps=40, cameras={"top": (128, 96, 25.0), "left_wrist": (128, 96, 25.0)},
-                          seed=i, task="transfer the cube")
-    return root
+def store_dir(make_store):
+    return make_store("jobs_store", 3, 40)
 
 
 def wait_for(job, kind, timeout=90.0):

@@ -20,8 +20,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from store import EpisodeStore
-from xr0.data.synthetic import write_episode
 from xr0.model import XR0Model, preset
 from xr0.train.config import train_preset
 from xr0.train.rundir import LAST_FILE, TRAINING_STATE, RunDir, read_events
@@ -32,13 +30,8 @@ STEPS, BATCH, MICRO = 3, 4, 2
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dist") / "store"
-    with EpisodeStore.open(path) as st:
-        for i in range(3):
-            write_episode(st, steps=30, cameras={"top": (128, 96, 25.0), "left_wrist": (128, 96, 25.0)},
-                          seed=i, task="transfer the cube")
-    return path
+def store(make_store):
+    return make_store("dist", 3, 30)
 
 
 def config(choice: float):
