@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xr0.model import XR0Model, preset
+from xr0.model import XR0Model, load_tokenizer, preset, save_checkpoint
 from xr0.train.config import train_preset
 from xr0.train.rundir import LAST_FILE, TRAINING_STATE, RunDir, read_events
 from xr0.train.trainer import EXIT_DONE, Trainer
@@ -41,13 +41,19 @@ def config(choice: float):
 
 
 def torchrun(store: Path, out: Path, strategy: str, choice: float, resume: bool = False):
+    """The tiny-scratch run of `config(choice)` as two processes."""
+    two_processes(["--store", str(store), "--out", str(out), "--base", "xr0-tiny",
+                   "--preset", "tiny-scratch", "--choice-weight", str(choice),
+                   "--vision-keypoints", "4", "--strategy", strategy]
+                  + (["--resume"] if resume else []))
+
+
+def two_processes(args: list[str]) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "main.py"), "train", "--store", str(store), "--out", str(out),
-           "--base", "xr0-tiny", "--preset", "tiny-scratch", "--steps", str(STEPS), "--batch",
-           str(BATCH), "--micro-batch", str(MICRO), "--workers", "0", "--val-episodes", "1",
-           "--val-every", "2", "--checkpoint-every", "2", "--warmup", "0", "--lr", "1e-3",
-           "--choice-weight", str(choice), "--vision-keypoints", "4", "--strategy", strategy,
-           "--device", "cpu", "--json"] + (["--resume"] if resume else [])
+           str(ROOT / "main.py"), "train", *args, "--steps", str(STEPS), "--batch", str(BATCH),
+           "--micro-batch", str(MICRO), "--workers", "0", "--val-episodes", "1", "--val-every",
+           "2", "--checkpoint-every", "2", "--warmup", "0", "--lr", "1e-3", "--device", "cpu",
+           "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
@@ -131,3 +137,27 @@ def test_fsdp_refuses_a_partial_fine_tune_before_it_starts(store, tmp_path):
               if line.startswith("{") and '"error"' in line]
     assert errors and "use --strategy ddp" in errors[0]["message"], out.stdout[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_fsdp_runs_the_full_preset_from_a_checkpoint_as_one_process_does(store, tmp_path):
+    """The preset FSDP exists for: the full fine-tune from a checkpoint, with its per-sample
+    loss weights (a no-grad generation through the sharded layers before the loss) and 4 noise
+    draws per backbone pass."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    model = XR0Model.from_config(preset("xr0-tiny"))
+    save_checkpoint(model, model.cfg, base, tokenizer=load_tokenizer())
+    cfg = train_preset("full", base=str(base), steps=STEPS, batch=BATCH, micro_batch=MICRO,
+                       num_workers=0, val_episodes=1, val_every=2, checkpoint_every=2,
+                       warmup_steps=0, lr=1e-3, image_size=(96, 128))
+    assert cfg.sample_weighting and cfg.k_draws > 1
+    assert Trainer(cfg, store, tmp_path / "single", episodes="all").run() == EXIT_DONE
+    two_processes(["--store", str(store), "--out", str(tmp_path / "fsdp"), "--base", str(base),
+                   "--preset", "full", "--image-size", "96x128", "--strategy", "fsdp"])
+    single = weights(tmp_path / "single")
+    gap = worst(single, weights(tmp_path / "fsdp"))
+    print(f"full preset: max |single - fsdp| = {gap:.3g}")
+    assert gap <= 1e-5, gap
+    initial = model.state_dict()
+    assert max((single[k] - initial[k]).abs().max().item() for k in single) > 1e-4
