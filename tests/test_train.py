@@ -2,6 +2,7 @@
 reads, resumes to the same weights, cancels cleanly, and refuses bad input with the fix."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -108,6 +109,28 @@ def test_resume_after_cancel_equals_uninterrupted_run(store_dir, tmp_path):
     b = load_file(str(RunDir(tmp_path / "b").last_checkpoint() / "model.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_cancel_request_in_the_run_folder_stops_the_run_and_a_stale_one_does_not(store_dir,
+                                                                                   tmp_path):
+    """The request file (how the app cancels a run under any launcher): one written after the
+    trainer started stops it after a step, cancelled, with a checkpoint, and is removed; one
+    left from before the trainer started is ignored, and the run resumes to its end."""
+    out = tmp_path / "run"
+    trainer = Trainer(tiny(steps=6, checkpoint_every=100, val_episodes=0), store_dir, out,
+                      episodes="1-4")
+    trainer.on_event = lambda e: (RunDir(out).request_cancel()
+                                  if e.get("event") == "step" and e["step"] == 2 else None)
+    assert trainer.run() == EXIT_CANCELLED
+    assert RunDir(out).last_checkpoint().name == "step-0000002"
+    assert not RunDir(out).cancel_requested()
+    RunDir(out).request_cancel()                  # stale: older than the next trainer
+    stale = (out / "cancel.request").stat().st_mtime
+    os.utime(out / "cancel.request", (stale - 5, stale - 5))
+    code, events = run(tiny(steps=6, checkpoint_every=100, val_episodes=0), store_dir, out,
+                       resume=True)
+    assert code == EXIT_DONE and events[-1]["event"] == "done" and events[-1]["step"] == 6
+    assert not (out / "cancel.request").exists()
 
 
 def test_a_frame_lag_run_trains_on_older_frames_and_resumes_exactly(store_dir, tmp_path):

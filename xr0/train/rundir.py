@@ -6,6 +6,10 @@
     checkpoints/step-NNNNNNN a checkpoint (xr0.model.save_checkpoint) plus training_state.pt
                              (optimizer, scheduler, step, RNG states) for --resume
     last.json                {"step", "path"} of the newest complete checkpoint
+    cancel.request           written to ask the run to stop: the trainer (its rank 0 reads it
+                             each step, so any launcher works, torchrun included) finishes its
+                             step, writes a last checkpoint, ends "cancelled" and removes it;
+                             a request older than the trainer's start is ignored
 
 A checkpoint is written into checkpoints/.tmp-step-N, every file fsync'd, then renamed into
 place, and only then does last.json (written to a temporary file, fsync'd, renamed) point at it:
@@ -27,6 +31,7 @@ from store.columns import fsync_dir
 RUN_FILE = "run.json"
 EVENTS_FILE = "events.jsonl"
 LAST_FILE = "last.json"
+CANCEL_FILE = "cancel.request"
 CHECKPOINTS = "checkpoints"
 TRAINING_STATE = "training_state.pt"
 
@@ -79,6 +84,23 @@ class RunDir:
     def write(self, info: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.run_file, info)
+
+    # -- cancel requests -------------------------------------------------------------------------
+
+    def request_cancel(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / CANCEL_FILE).write_text(f"{time.time()}\n")
+
+    def cancel_requested(self, since: float = 0.0) -> bool:
+        """A request made at or after `since` (a time.time()); older ones were for an earlier
+        attempt of the run."""
+        try:
+            return (self.path / CANCEL_FILE).stat().st_mtime >= since
+        except FileNotFoundError:
+            return False
+
+    def clear_cancel(self) -> None:
+        (self.path / CANCEL_FILE).unlink(missing_ok=True)
 
     # -- events ----------------------------------------------------------------------------------
 

@@ -390,6 +390,7 @@ class Trainer:
     def run(self) -> int:
         """Set up, train, checkpoint; never raises for a run that started (status in the return)."""
         main = self.info.is_main
+        self.started = time.time()      # cancel requests from here on count
         try:
             self.setup()
         except (TrainError, ValueError, FileNotFoundError, StoreError) as e:
@@ -420,12 +421,13 @@ class Trainer:
                 for sig, handler in old.items():
                     signal.signal(sig, handler)
             if main:
+                self.rundir.clear_cancel()
                 self._update_run(status)
                 getattr(self.emit, "close", lambda: None)()
         return code
 
     def _loop(self) -> tuple[str, int]:
-        cfg, main = self.cfg, self.info.is_main
+        cfg, main, since = self.cfg, self.info.is_main, self.started
         sampler = StepBatches(len(self.train_ds), cfg, self.info, self.step)
         loader = DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=collate,
                             num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
@@ -455,7 +457,8 @@ class Trainer:
                            "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate,
                            "eta_s": (cfg.steps - self.step) * cfg.batch / max(rate, 1e-9),
                            **self._memory()})
-            cancelled = distributed.broadcast_flag(self.info, self.cancel_requested)
+            asked = self.cancel_requested or (main and self.rundir.cancel_requested(since))
+            cancelled = distributed.broadcast_flag(self.info, asked)
             if self.step % cfg.val_every == 0 or self.step == cfg.steps:
                 val = self.validate()
                 if main and val:
@@ -562,7 +565,8 @@ class Trainer:
     def _register(self) -> None:
         info = {"config": self.cfg.to_dict(), "store": str(self.store_dir.resolve()),
                 "train_episodes": self.train_ids, "val_episodes": self.val_ids,
-                "stats": self.stats_json(), "pid": os.getpid(), "started": time.time()}
+                "stats": self.stats_json(), "pid": os.getpid(), "started": time.time(),
+                "world_size": self.info.world_size}
         with EpisodeStore.open(self.store_dir) as st:
             config = {"preset": self.cfg.preset, "base": self.cfg.base, "steps": self.cfg.steps,
                       "batch": self.cfg.batch, "episodes": self.train_ids + self.val_ids,
