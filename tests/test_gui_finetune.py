@@ -135,6 +135,48 @@ def test_one_click_trains_to_a_checkpoint_with_progress_and_plots(qtbot, isolate
     assert row_of(again, run_dir)["status"] == "done" and again.job is None and errors2 == []
 
 
+def test_several_processes_train_under_torchrun_from_the_tab(qtbot, isolated_settings,
+                                                             store_dir, tmp_path, one_thread,
+                                                             monkeypatch):
+    """The GPUs box: its limit is the GPUs the workstation sees; with 2, one click runs the
+    trainer as 2 torchrun processes (here on the CPU with gloo: no GPU in this machine), the full
+    fine-tune sharded with FSDP, to a done run with one checkpoint."""
+    from app.core import jobs
+
+    assert tab_limit(qtbot, store_dir, tmp_path) == max(1, jobs.visible_gpus())
+    monkeypatch.setattr("app.qt.finetune_tab.visible_gpus", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    runs_dir = tmp_path / "runs"
+    tab, errors, ready = make_tab(qtbot, store_dir, runs_dir)
+    assert tab.gpus.maximum() == 2
+    fill(tab, steps=3, val_every=1000)
+    tab.batch.setValue(4)
+    tab.gpus.setValue(2)
+    assert tab._strategy() == "fsdp"               # tiny-scratch trains every weight
+    tab.preset.setCurrentText("lora")
+    assert tab._strategy() == "ddp"
+    fill(tab, steps=3, val_every=1000)              # back to tiny-scratch
+    tab.batch.setValue(4)
+    qtbot.mouseClick(tab.start_button, Qt.MouseButton.LeftButton)
+    assert tab.job is not None and tab.job.processes == 2, errors
+    args = tab.job.process.args
+    assert "torch.distributed.run" in args and args[args.index("--strategy") + 1] == "fsdp"
+    qtbot.waitUntil(lambda: tab.job is None, timeout=150_000)
+    assert errors == []
+    (run_dir,) = runs_dir.iterdir()
+    assert RunDir(run_dir).read()["world_size"] == 2
+    row = row_of(tab, run_dir)
+    assert row["status"] == "done" and row["step"] == "3"
+    assert ready == [row["checkpoint"]]
+
+
+def tab_limit(qtbot, store_dir, tmp_path) -> int:
+    tab, _, _ = make_tab(qtbot, store_dir, tmp_path / "probe")
+    limit = tab.gpus.maximum()
+    tab.shutdown()
+    return limit
+
+
 def test_a_new_tab_follows_a_running_job_and_cancels_it_to_a_valid_checkpoint(
         qtbot, isolated_settings, store_dir, tmp_path, one_thread):
     runs_dir = tmp_path / "runs"

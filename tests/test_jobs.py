@@ -9,7 +9,7 @@ import pytest
 
 from app.core.jobs import TrainingJob, find_runs
 from xr0.model import load_checkpoint
-from xr0.train.rundir import RunDir
+from xr0.train.rundir import CANCEL_FILE, RunDir, read_events
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -85,6 +85,40 @@ def test_a_new_runner_finds_a_running_job_follows_it_and_sees_it_die(store_dir, 
             job.cancel(timeout=5)
 
 
+def test_a_two_process_job_is_found_again_and_cancelled_through_its_run_folder(store_dir,
+                                                                              tmp_path):
+    """Under torchrun (2 CPU processes): the run is registered once, by rank 0, and a runner
+    after a restart finds it running by rank 0's pid; its cancel (a request in the run folder:
+    that pid leads no process group) ends the run after a step with a valid last checkpoint,
+    and the request is gone."""
+    out = tmp_path / "run"
+    job = TrainingJob.start(store_dir, out, base="xr0-tiny", preset="tiny-scratch",
+                            steps=100000, batch=4, val_episodes=1, processes=2,
+                            extra_args=ARGS + ["--device", "cpu"],
+                            env={**ENV, "CUDA_VISIBLE_DEVICES": ""})
+    try:
+        seen = wait_for(job, "step", timeout=150)
+        assert seen[0]["event"] == "start" and seen[0]["world_size"] == 2
+        (run,) = [r for r in find_runs(store_dir) if r.run_dir == out.resolve()]
+        assert run.status == "running" and run.pid not in (None, job.pid)   # rank 0, not torchrun
+        follower = TrainingJob.attach(run)
+        assert follower.processes == 2
+        follower.cancel(timeout=90)
+        assert not follower.alive()
+        job.wait(30)
+        done = [e for e in read_events(out) if e["event"] == "done"]
+        assert done and done[-1]["status"] == "cancelled", job.stderr_tail[-5:]
+        ckpt = RunDir(out).last_checkpoint()
+        assert ckpt is not None and str(ckpt) == done[-1]["checkpoint"]
+        load_checkpoint(ckpt)
+        (run,) = [r for r in find_runs(store_dir) if r.run_dir == out.resolve()]
+        assert run.status == "cancelled"
+        assert not (out / CANCEL_FILE).exists()
+    finally:
+        if job.alive():
+            os.killpg(job.pid, signal.SIGKILL)
+
+
 def test_bad_input_reaches_the_caller_as_an_error_event(store_dir, tmp_path):
     job = TrainingJob.start(store_dir, tmp_path / "run", base=str(tmp_path / "missing"),
                             preset="tiny-scratch", steps=5, env=ENV)
@@ -121,3 +155,17 @@ def test_a_job_outlives_the_process_that_started_it(store_dir, tmp_path):
     assert seen[-1]["status"] == "done" and seen[-1]["step"] == 24
     (run,) = [r for r in find_runs(store_dir) if r.run_dir == (tmp_path / "run").resolve()]
     assert run.status == "done" and RunDir(tmp_path / "run").last_checkpoint() is not None
+
+
+def test_visible_gpus_counts_the_driver_s_gpus_as_cuda_visible_devices_limits_them(tmp_path,
+                                                                                   monkeypatch):
+    from app.core.jobs import visible_gpus
+
+    assert visible_gpus(tmp_path / "no-driver") == 0
+    for i in range(4):
+        (tmp_path / f"0000:0{i}:00.0").mkdir()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_gpus(tmp_path) == 4
+    for value, n in (("0,2", 2), ("", 0), ("-1", 0), ("1,-1,2", 1), ("0,1,2,3,4,5", 4)):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+        assert visible_gpus(tmp_path) == n, value

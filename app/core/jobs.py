@@ -3,8 +3,12 @@ process group), never in the GUI process. Qt-free; the app binds a job's events 
 
 - `TrainingJob.start(store, out, base=..., ...)` launches the trainer, reads its JSON events on a
   thread and hands each to `on_event` and to the `events` queue.
-- `cancel()` sends SIGTERM to the job's process group (the trainer finishes its step and writes
-  a last checkpoint), then SIGKILL if it has not exited after `timeout` seconds.
+- `processes=N` launches it under torchrun, N processes (one per GPU; `strategy` ddp or fsdp).
+- `cancel()` asks the trainer to finish its step and write a last checkpoint: a request file in
+  the run folder, which the trainer's rank 0 reads each step whatever launched it (torchrun's
+  workers, a run found again after a restart), and SIGTERM for a lone trainer process (which
+  also stops one still setting up). After `timeout` seconds the process group gets SIGTERM,
+  then SIGKILL.
 - `find_runs(store_dir)` lists the store's fine-tune runs after the app was closed and reopened:
   a run whose trainer still lives (its pid alive and its command line that of `main.py train`
   with this run folder) is "running" and can be followed again with `TrainingJob.attach`, which
@@ -66,6 +70,26 @@ def trainer_alive(pid: int | None, run_dir: Path) -> bool:
         return False
 
 
+def visible_gpus(driver: str | os.PathLike = "/proc/driver/nvidia/gpus") -> int:
+    """The NVIDIA GPUs a trainer started from here can use: the driver's count, limited by
+    CUDA_VISIBLE_DEVICES when it is set (up to its first invalid entry, as CUDA reads it).
+    Counted without importing torch into the app's process."""
+    try:
+        n = len(os.listdir(driver))
+    except OSError:
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        valid = 0
+        for entry in visible.split(","):
+            entry = entry.strip()
+            if not entry or entry.startswith("-"):
+                break
+            valid += 1
+        n = min(n, valid)
+    return n
+
+
 def find_runs(store_dir: str | os.PathLike) -> list[RunRecord]:
     """The store's fine-tune runs, oldest first, with the state of their trainer process."""
     with EpisodeStore.open(store_dir) as st:
@@ -95,8 +119,9 @@ class TrainingJob:
     """A trainer process and the stream of its events."""
 
     def __init__(self, pid: int, run_dir: Path, on_event: EventFn | None,
-                 process: subprocess.Popen | None = None):
+                 process: subprocess.Popen | None = None, processes: int = 1):
         self.pid, self.run_dir, self.process = pid, Path(run_dir), process
+        self.processes = processes      # trainer processes (torchrun's workers when > 1)
         self.on_event = on_event
         self.events: queue.Queue[dict] = queue.Queue()
         self.stderr_tail: list[str] = []
@@ -110,10 +135,18 @@ class TrainingJob:
               preset: str = "full", episodes: str = "all", steps: int | None = None,
               batch: int | None = None, val_episodes: int | None = None, resume: bool = False,
               extra_args: Sequence[str] = (), on_event: EventFn | None = None,
-              python: str = sys.executable, env: dict | None = None) -> TrainingJob:
+              python: str = sys.executable, env: dict | None = None, processes: int = 1,
+              strategy: str | None = None) -> TrainingJob:
         out = Path(out).resolve()
-        cmd = [python, str(MAIN), "train", "--store", str(Path(store).resolve()), "--out", str(out),
-               "--base", str(base), "--preset", preset, "--episodes", str(episodes), "--json"]
+        if processes < 1:
+            raise ValueError(f"a training job needs at least one process, got {processes}")
+        launcher = [python] if processes == 1 else [
+            python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+        cmd = [*launcher, str(MAIN), "train", "--store", str(Path(store).resolve()), "--out",
+               str(out), "--base", str(base), "--preset", preset, "--episodes", str(episodes),
+               "--json"]
+        if strategy is not None:
+            cmd += ["--strategy", strategy]
         for flag, value in (("--steps", steps), ("--batch", batch), ("--val-episodes", val_episodes)):
             if value is not None:
                 cmd += [flag, str(value)]
@@ -123,7 +156,7 @@ class TrainingJob:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 bufsize=1, start_new_session=True, cwd=str(MAIN.parent),
                                 env={**os.environ, **(env or {})})
-        job = cls(proc.pid, out, on_event, proc)
+        job = cls(proc.pid, out, on_event, proc, processes)
         job._spawn(job._read_stdout)
         job._spawn(job._read_stderr)
         return job
@@ -134,7 +167,11 @@ class TrainingJob:
         its trainer lives."""
         if run.run_dir is None or run.pid is None:
             raise ValueError(f"run {run.run_id} has no run folder or process to follow")
-        job = cls(run.pid, run.run_dir, on_event)
+        try:
+            processes = int(RunDir(run.run_dir).read().get("world_size", 1))
+        except (FileNotFoundError, ValueError):
+            processes = 1
+        job = cls(run.pid, run.run_dir, on_event, processes=processes)
         job._spawn(job._tail_log)
         return job
 
@@ -193,16 +230,28 @@ class TrainingJob:
         return trainer_alive(self.pid, self.run_dir)
 
     def cancel(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM to the process group, SIGKILL after `timeout` s; the exit status if known."""
-        self._signal(signal.SIGTERM)
+        """Ask the trainer to stop after its step (the run folder's request file; SIGTERM too
+        for a lone trainer process); after `timeout` s SIGTERM to its process group, SIGKILL 10 s
+        later. The exit status if known."""
+        RunDir(self.run_dir).request_cancel()
+        if self.processes == 1:
+            self._signal(signal.SIGTERM)
         if self.wait(timeout) is None and self.alive():
+            if self.processes > 1:
+                self._signal(signal.SIGTERM)
+                if self.wait(10.0) is not None or not self.alive():
+                    return self.returncode
             self._signal(signal.SIGKILL)
             return self.wait(10.0)
         return self.returncode
 
     def _signal(self, sig: int) -> None:
+        """To the trainer's process group: the one it leads when this job started it, or
+        torchrun's when it is a worker found again after a restart; never the app's own."""
         try:
-            os.killpg(self.pid, sig)     # the trainer leads its own process group
+            group = os.getpgid(self.pid)
+            if group != os.getpgid(0):
+                os.killpg(group, sig)
         except (ProcessLookupError, PermissionError):
             pass
 

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
     QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
-from app.core.jobs import RunRecord, TrainingJob, find_runs
+from app.core.jobs import RunRecord, TrainingJob, find_runs, visible_gpus
 from app.qt import theme
 from app.qt.training_plots import TrainingPlots, format_eta, ranges
 from store import EpisodeStore, StoreError
@@ -80,6 +80,11 @@ class FineTuneTab(QWidget):
         self.val_episodes = QSpinBox()
         self.val_episodes.setRange(0, 1000)
         self.val_episodes.setToolTip("The last episodes of the selection are held out to validate.")
+        self.gpus = QSpinBox()
+        self.gpus.setRange(1, max(1, visible_gpus()))
+        self.gpus.setToolTip("Trainer processes, one per GPU, under torchrun: the full preset "
+                             "shards the model over them (FSDP), the others each hold a copy "
+                             "(DDP). The batch is split between them.")
         self.options = QLineEdit()
         self.options.setPlaceholderText("more trainer options, e.g. --micro-batch 4 --workers 0")
         self.start_button = QPushButton("Fine-tune")
@@ -101,6 +106,7 @@ class FineTuneTab(QWidget):
         form.addRow("Steps", self.steps)
         form.addRow("Batch", self.batch)
         form.addRow("Validation episodes", self.val_episodes)
+        form.addRow("GPUs", self.gpus)
         form.addRow("Trainer options", self.options)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
@@ -318,12 +324,19 @@ class FineTuneTab(QWidget):
             job = TrainingJob.start(self.store_dir, out, base=base, preset=self.preset.currentText(),
                                     episodes=episodes, steps=self.steps.value(),
                                     batch=self.batch.value(),
-                                    val_episodes=self.val_episodes.value(), extra_args=extra)
+                                    val_episodes=self.val_episodes.value(), extra_args=extra,
+                                    processes=self.gpus.value(), strategy=self._strategy())
         except OSError as e:
             self.error.emit("Cannot start fine-tuning", f"{e}: check that {self.runs_dir} is "
                             "writable and the workstation is installed completely.")
             return
         self._follow(job, f"starting the trainer for {out.name}…")
+
+    def _strategy(self) -> str | None:
+        """How several processes share the model: FSDP for the full fine-tune, else DDP."""
+        if self.gpus.value() == 1:
+            return None
+        return "fsdp" if PRESETS[self.preset.currentText()].trainable == "all" else "ddp"
 
     def _follow(self, job: TrainingJob, message: str) -> None:
         self.job, self.last_event, self._gone_since = job, None, None
