@@ -96,13 +96,13 @@ def big_config(name: str = "xr0-4.7b"):
                         view_labels=("Ego View", "Left-Wrist View", "Right-Wrist View"))
 
 
-def random_model(cfg, device: torch.device, seed: int = 0):
-    """The model of `cfg` in fp32 on `device` with random weights (N(0, 0.02); norms 1, biases
-    0), built without a CPU copy first."""
+def random_model(cfg, device: torch.device, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """The model of `cfg` in `dtype` on `device` with random weights (N(0, 0.02); norms 1,
+    biases 0), allocated once, there and in that dtype (no CPU or fp32 copy first)."""
     from xr0.model.xr0 import XR0Model
 
     with torch.device("meta"):
-        model = XR0Model.from_config(cfg)
+        model = XR0Model.from_config(cfg).to(dtype)
     model = model.to_empty(device=device)
     if cfg.vlm_config.get("tie_word_embeddings", False):
         model.vlm.lm_head.weight = model.vlm.model.language_model.embed_tokens.weight
@@ -129,7 +129,7 @@ def big_latency(quick: bool) -> Iterator[Figure]:
 
     cfg = big_config()
     device = torch.device("cuda")
-    model = random_model(cfg, device).to(torch.bfloat16).eval()
+    model = random_model(cfg, device, dtype=torch.bfloat16).eval()
     restore_rotary_buffers(model)
     ns = _stats(cfg.action_length)
     space = NormStatsSpace(ns, ActionLayout.from_joint_names(ns.joint_names), cfg.action_length)

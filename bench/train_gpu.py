@@ -5,10 +5,10 @@ For each preset (lora, frozen-backbone, full) `main.py train` fine-tunes a check
 three views at 256x320) on synthetic episodes of three cameras, for a few steps of one
 micro-batch (the preset's size) per process. Figures: training samples/s, from the times of the
 step events after the first WARMUP steps (start-up, the first allocations and kernel choices
-excluded), and the peak GPU memory the trainer reports (torch.cuda.max_memory_allocated on its
-device; the largest over the processes under torchrun). With several GPUs the full fine-tune
-runs under torchrun with --strategy fsdp over all of them; on one GPU it runs alone, and where it
-runs out of memory that is its figure (the trainer's message, and no value).
+excluded), and the peak GPU memory the trainer reports (torch.cuda.max_memory_allocated on
+rank 0's device, whose events are the run's; FSDP's ranks hold equal shards). With several GPUs
+the full fine-tune runs under torchrun with --strategy fsdp over all of them; on one GPU it runs
+alone, and where it runs out of memory that is its figure (the trainer's message, no value).
 
 Without a CUDA device every figure says it was not measured. `run_presets` is the same path on
 any model and device: the tests run it with xr0-tiny on the CPU, where the memory figure is the
@@ -46,8 +46,9 @@ def run(quick: bool = False) -> Iterator[Figure]:
         return
 
     with tempfile.TemporaryDirectory(prefix="bench-train-gpu-") as tmp:
-        yield from run_presets(big_config(), "xr0-4.7b", "cuda", Path(tmp), steps=6 if quick else 12,
-                               processes=torch.cuda.device_count(), quick=quick)
+        yield from run_presets(big_config(), "xr0-4.7b", "cuda", Path(tmp),
+                               steps=6 if quick else 12, processes=torch.cuda.device_count(),
+                               quick=quick)
 
 
 def state_sizes(cfg, presets: Sequence[str] = PRESETS) -> dict[str, dict]:
@@ -93,7 +94,7 @@ def write_base(folder: Path, cfg, device: str) -> Path:
     from xr0.model import save_checkpoint
     from xr0.model.tokenizer import load_tokenizer
 
-    model = random_model(cfg, torch.device(device)).to(torch.bfloat16)
+    model = random_model(cfg, torch.device(device), dtype=torch.bfloat16)
     save_checkpoint(model, cfg, folder, tokenizer=load_tokenizer())
     del model
     if device.startswith("cuda"):

@@ -89,7 +89,8 @@ def test_two_gloo_processes_match_one_process(store, tmp_path, strategy, choice)
     # one writer: each event once
     assert [e["event"] for e in events].count("done") == 1
     # validation ran on the two processes' weights and agrees with one process's
-    vals = [[e for e in read_events(tmp_path / n) if e["event"] == "val"] for n in ("single", strategy)]
+    vals = [[e for e in read_events(tmp_path / n) if e["event"] == "val"]
+            for n in ("single", strategy)]
     assert [e["step"] for e in vals[1]] == [2, 3]
     assert all(abs(a["val_loss"] - b["val_loss"]) <= 1e-4 for a, b in zip(*vals))
 

@@ -6,8 +6,8 @@ On a hardware rig (or the sim with --realtime) add `[--seconds S] [--store DIR] 
 On the sim rig the episodes run in stepping mode (deterministic given the seed: the delay is
 counted in control steps, milliseconds rounded up, and an in-process model's flow-matching noise
 is drawn from the episode's seed; a policy server's noise is fresh) and each reports success,
-completion time, inference latency p50/p95, boundary discontinuity (|action at a chunk switch - action before| /
-median within-chunk step) and RMS jerk of the commanded trajectory. `--policy scripted` is the
+completion time, inference latency p50/p95, boundary discontinuity (|action at a chunk switch -
+action before| / median within-chunk step) and RMS jerk of the commanded trajectory. `--policy scripted` is the
 sim's scripted operator planning chunks ahead (no model needed); a checkpoint folder is an XR0
 policy run in this process; tcp://HOST:PORT is a policy server (`main.py serve`, `--token`).
 Without an injected delay a model's chunks arrive as many control steps after their request as

@@ -141,7 +141,8 @@ class TrainingJob:
         if processes < 1:
             raise ValueError(f"a training job needs at least one process, got {processes}")
         launcher = [python] if processes == 1 else [
-            python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+            python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            str(processes)]
         cmd = [*launcher, str(MAIN), "train", "--store", str(Path(store).resolve()), "--out",
                str(out), "--base", str(base), "--preset", preset, "--episodes", str(episodes),
                "--json"]
